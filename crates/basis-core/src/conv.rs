@@ -1,0 +1,241 @@
+//! [`BasisConv2d`]: a convolution whose kernel is synthesized per sample from `N` bases.
+
+use crate::cost::LayerCost;
+use crate::error::{BasisError, Result};
+use crate::geometry::Conv2dGeometry;
+use crate::layer::{self, Coefficients};
+use crate::strategy::Strategy;
+use tch::{nn, Tensor};
+
+/// A 2-D convolution with `N` basis kernels. For sample `b` with coefficients
+/// `alpha[b, :]` it applies the kernel `sum_i alpha[b, i] * W_i` (and the bias
+/// `sum_i alpha[b, i] * b_i`).
+///
+/// Variables, named as PyTorch names a `Conv2d`'s: `weight` `[N, Cout, Cin/g, kh, kw]` and
+/// `bias` `[N, Cout]`. With one basis (`N = 1`, the static layer) they are stored without
+/// the leading axis, `[Cout, Cin/g, kh, kw]` and `[Cout]`, so a static network's
+/// checkpoints are exactly torchvision's.
+///
+/// ```
+/// use basis_core::{BasisConv2d, Conv2dGeometry};
+/// use tch::{nn, Device, Kind, Tensor};
+///
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let geometry = Conv2dGeometry::new(16, 32, 3).padding(1);
+/// let layer = BasisConv2d::new(&(vs.root() / "conv"), geometry, 4, true)?;
+/// let x = Tensor::randn([2, 16, 8, 8], (Kind::Float, Device::Cpu));
+/// let alpha = Tensor::randn([2, 4], (Kind::Float, Device::Cpu)).softmax(-1, Kind::Float);
+/// let y = layer.forward(&x, &alpha)?;
+/// assert_eq!(y.size(), [2, 32, 8, 8]);
+/// // A wrong coefficient width is a typed error, not an abort.
+/// let bad = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+/// assert!(layer.forward(&x, &bad).is_err());
+/// # Ok::<(), basis_core::BasisError>(())
+/// ```
+#[derive(Debug)]
+pub struct BasisConv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    geometry: Conv2dGeometry,
+    num_bases: i64,
+    strategy: Strategy,
+}
+
+impl BasisConv2d {
+    /// A layer whose variables live under `path`, each basis initialized as PyTorch
+    /// initializes a `Conv2d` (uniform in `±1/sqrt(fan_in)`, weights and biases).
+    pub fn new(
+        path: &nn::Path,
+        geometry: Conv2dGeometry,
+        num_bases: i64,
+        bias: bool,
+    ) -> Result<Self> {
+        geometry.validate()?;
+        layer::check_num_bases(num_bases)?;
+        let [_, in_per_group, kh, kw] = geometry.weight_shape();
+        let bound = 1.0 / ((in_per_group * kh * kw) as f64).sqrt();
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let weight = path.f_var(
+            "weight",
+            &layer::stored_shape(num_bases, &geometry.weight_shape()),
+            init,
+        )?;
+        let bias = bias
+            .then(|| {
+                path.f_var(
+                    "bias",
+                    &layer::stored_shape(num_bases, &[geometry.out_channels]),
+                    init,
+                )
+            })
+            .transpose()?;
+        Ok(Self {
+            weight,
+            bias,
+            geometry,
+            num_bases,
+            strategy: Strategy::Auto,
+        })
+    }
+
+    /// A layer over existing tensors: `bank` `[N, Cout, Cin/g, kh, kw]`, `bias_bank`
+    /// `[N, Cout]`. Gradients flow back to them.
+    pub fn from_bank(
+        bank: &Tensor,
+        bias_bank: Option<&Tensor>,
+        geometry: Conv2dGeometry,
+    ) -> Result<Self> {
+        geometry.validate()?;
+        let num_bases = *bank.size().first().unwrap_or(&0);
+        layer::check_num_bases(num_bases)?;
+        let mut expected = vec![num_bases];
+        expected.extend(geometry.weight_shape());
+        layer::check_stored("basis kernels", bank, &expected)?;
+        if let Some(bb) = bias_bank {
+            layer::check_stored("basis biases", bb, &[num_bases, geometry.out_channels])?;
+        }
+        Ok(Self {
+            weight: layer::stored(bank),
+            bias: bias_bank.map(layer::stored),
+            geometry,
+            num_bases,
+            strategy: Strategy::Auto,
+        })
+    }
+
+    /// Use `strategy` for every later [`BasisConv2d::forward`].
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Change the strategy of a built layer.
+    pub fn set_strategy(&mut self, strategy: Strategy) {
+        self.strategy = strategy;
+    }
+
+    /// The layer's strategy (`Auto` unless set).
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The convolution's shape.
+    pub fn geometry(&self) -> &Conv2dGeometry {
+        &self.geometry
+    }
+
+    /// Number of bases `N`.
+    pub fn num_bases(&self) -> i64 {
+        self.num_bases
+    }
+
+    /// The stored weight variable (`[N, ...]`, or the plain kernel when `N = 1`).
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The stored bias variable, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The kernels as a bank `[N, Cout, Cin/g, kh, kw]` (a view, also when `N = 1`).
+    pub fn bank(&self) -> Tensor {
+        layer::bank_view(&self.weight, self.num_bases)
+    }
+
+    /// The biases as a bank `[N, Cout]`, if the layer has a bias.
+    pub fn bias_bank(&self) -> Option<Tensor> {
+        self.bias
+            .as_ref()
+            .map(|b| layer::bank_view(b, self.num_bases))
+    }
+
+    /// Apply the layer to `input` `[B, Cin, H, W]` with `coefficients` `[B, N]` (or `[1, N]`,
+    /// one vector for the whole batch), using the layer's strategy.
+    pub fn forward(&self, input: &Tensor, coefficients: &Tensor) -> Result<Tensor> {
+        self.forward_with(input, coefficients, self.strategy)
+    }
+
+    /// [`BasisConv2d::forward`] with an explicit strategy.
+    pub fn forward_with(
+        &self,
+        input: &Tensor,
+        coefficients: &Tensor,
+        strategy: Strategy,
+    ) -> Result<Tensor> {
+        let batch = self.check_input(input)?;
+        let alpha: Coefficients =
+            layer::check_coefficients(coefficients, batch, self.num_bases, self.weight.f_kind()?)?;
+        layer::apply(
+            input,
+            &alpha,
+            &self.bank(),
+            self.bias_bank().as_ref(),
+            &self.geometry,
+            strategy,
+        )
+    }
+
+    /// The static layer (`N = 1`) applied without coefficients: exactly PyTorch's `Conv2d`.
+    pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
+        if self.num_bases != 1 {
+            return Err(BasisError::Unsupported {
+                strategy: "static",
+                reason: format!(
+                    "the layer has {} bases and needs coefficients",
+                    self.num_bases
+                ),
+            });
+        }
+        self.check_input(input)?;
+        let g = &self.geometry;
+        Ok(input.f_conv2d(
+            &self.weight,
+            self.bias.as_ref(),
+            g.stride,
+            g.padding,
+            g.dilation,
+            g.groups,
+        )?)
+    }
+
+    /// The kernel and bias of one coefficient vector `[N]` or `[1, N]`, shaped as a plain
+    /// `Conv2d`'s: what baking a specialist into a static network stores.
+    pub fn synthesize(&self, coefficients: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        layer::synthesize_one(coefficients, &self.bank(), self.bias_bank().as_ref())
+    }
+
+    /// Parameters and multiply-adds of the layer for one `h x w` input.
+    pub fn cost(&self, input_hw: (i64, i64)) -> Result<LayerCost> {
+        LayerCost::conv2d(
+            &self.geometry,
+            input_hw,
+            self.num_bases,
+            self.bias.is_some(),
+        )
+    }
+
+    /// Check `input` is `[B, Cin, H, W]` and large enough; returns `B`.
+    fn check_input(&self, input: &Tensor) -> Result<i64> {
+        let size = input.size();
+        let &[batch, channels, h, w] = size.as_slice() else {
+            return Err(BasisError::Shape {
+                what: "input",
+                expected: format!("[batch, {}, height, width]", self.geometry.in_channels),
+                found: format!("{size:?}"),
+            });
+        };
+        if channels != self.geometry.in_channels {
+            return Err(BasisError::Channels {
+                expected: self.geometry.in_channels,
+                found: channels,
+            });
+        }
+        self.geometry.output_hw(h, w)?;
+        Ok(batch)
+    }
+}

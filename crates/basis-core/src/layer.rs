@@ -1,0 +1,188 @@
+//! What [`crate::BasisConv2d`] and [`crate::BasisLinear`] share: argument checks and the
+//! dispatch to a strategy's kernel.
+
+use crate::error::{BasisError, Result};
+use crate::geometry::Conv2dGeometry;
+use crate::strategy::Strategy;
+use crate::synthesis;
+use tch::Tensor;
+
+/// Coefficients checked against the batch and the bank, in the bank's dtype.
+pub(crate) struct Coefficients {
+    pub(crate) tensor: Tensor,
+    /// One row for the whole batch (or a batch of one).
+    pub(crate) shared: bool,
+}
+
+pub(crate) fn check_coefficients(
+    coefficients: &Tensor,
+    batch: i64,
+    num_bases: i64,
+    kind: tch::Kind,
+) -> Result<Coefficients> {
+    let size = coefficients.size();
+    let &[rows, width] = size.as_slice() else {
+        return Err(BasisError::Shape {
+            what: "coefficients",
+            expected: format!("[batch, {num_bases}]"),
+            found: format!("{size:?}"),
+        });
+    };
+    if width != num_bases {
+        return Err(BasisError::CoefficientWidth {
+            expected: num_bases,
+            found: width,
+        });
+    }
+    if rows != batch && rows != 1 {
+        return Err(BasisError::BatchMismatch {
+            batch,
+            coefficients: rows,
+        });
+    }
+    let tensor = if coefficients.f_kind()? == kind {
+        coefficients.shallow_clone()
+    } else {
+        coefficients.f_to_kind(kind)?
+    };
+    Ok(Coefficients {
+        tensor,
+        shared: rows == 1 || batch == 1,
+    })
+}
+
+/// Run `strategy` (resolving `Auto`) on checked arguments. `input` is `[B, C, H, W]`.
+pub(crate) fn apply(
+    input: &Tensor,
+    coefficients: &Coefficients,
+    bank: &Tensor,
+    bias_bank: Option<&Tensor>,
+    geometry: &Conv2dGeometry,
+    strategy: Strategy,
+) -> Result<Tensor> {
+    let (batch, _, h, w) = input.size4()?;
+    geometry.output_hw(h, w)?;
+    let num_bases = bank.size()[0];
+    let strategy = match strategy {
+        Strategy::Auto => Strategy::resolve(geometry, batch, (h, w), coefficients.shared),
+        concrete => concrete,
+    };
+    if strategy == Strategy::Shared {
+        let row = shared_row(coefficients)?;
+        return synthesis::shared(input, &row, bank, bias_bank, geometry);
+    }
+    if !strategy.supports(geometry) {
+        return Err(BasisError::Unsupported {
+            strategy: strategy.name(),
+            reason: format!(
+                "it needs a 1x1 kernel, the layer has {}x{}",
+                geometry.kernel_size[0], geometry.kernel_size[1]
+            ),
+        });
+    }
+    let alpha = if coefficients.tensor.size()[0] == batch {
+        coefficients.tensor.shallow_clone()
+    } else {
+        coefficients.tensor.f_expand([batch, num_bases], false)?
+    };
+    let kernel = match strategy {
+        Strategy::PerSample => synthesis::per_sample,
+        Strategy::GroupedConv => synthesis::grouped_conv,
+        Strategy::BatchedMatmul => synthesis::batched_matmul,
+        Strategy::MixOutputs => synthesis::mix_outputs,
+        Strategy::Auto | Strategy::Shared => unreachable!("resolved above"),
+    };
+    kernel(input, &alpha, bank, bias_bank, geometry)
+}
+
+/// The one coefficient row `Shared` runs with: a single row, or rows that are all equal
+/// and need no gradient (one row could not carry each sample's gradient).
+pub(crate) fn shared_row(coefficients: &Coefficients) -> Result<Tensor> {
+    let alpha = &coefficients.tensor;
+    let first = alpha.f_narrow(0, 0, 1)?;
+    if coefficients.shared {
+        return Ok(first);
+    }
+    if alpha.requires_grad() {
+        return Err(BasisError::Unsupported {
+            strategy: Strategy::Shared.name(),
+            reason: "the coefficients have one row per sample and require gradients; pass a single [1, N] row".into(),
+        });
+    }
+    let equal = alpha.f_eq_tensor(&first)?.f_all()?.f_int64_value(&[])? != 0;
+    if !equal {
+        return Err(BasisError::Unsupported {
+            strategy: Strategy::Shared.name(),
+            reason: "the coefficient rows differ between samples".into(),
+        });
+    }
+    Ok(first)
+}
+
+/// The bank view `[N, ...]` of a stored weight: a static layer (one basis) stores the
+/// plain kernel, so its checkpoints are those of the ordinary layer.
+pub(crate) fn bank_view(weight: &Tensor, num_bases: i64) -> Tensor {
+    if num_bases == 1 {
+        weight.unsqueeze(0)
+    } else {
+        weight.shallow_clone()
+    }
+}
+
+/// The shape a bank of `num_bases` kernels of `shape` is stored with.
+pub(crate) fn stored_shape(num_bases: i64, shape: &[i64]) -> Vec<i64> {
+    if num_bases == 1 {
+        shape.to_vec()
+    } else {
+        std::iter::once(num_bases)
+            .chain(shape.iter().copied())
+            .collect()
+    }
+}
+
+pub(crate) fn check_num_bases(num_bases: i64) -> Result<()> {
+    if num_bases < 1 {
+        return Err(BasisError::Config(format!(
+            "the number of bases must be >= 1, found {num_bases}"
+        )));
+    }
+    Ok(())
+}
+
+/// Check a stored weight (or bias) against the shape the layer needs.
+pub(crate) fn check_stored(what: &'static str, tensor: &Tensor, expected: &[i64]) -> Result<()> {
+    let found = tensor.size();
+    if found != expected {
+        return Err(BasisError::Shape {
+            what,
+            expected: format!("{expected:?}"),
+            found: format!("{found:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// The stored form of a bank `[N, ...]`: without the leading axis when `N = 1`.
+pub(crate) fn stored(bank: &Tensor) -> Tensor {
+    if bank.size()[0] == 1 {
+        bank.squeeze_dim(0)
+    } else {
+        bank.shallow_clone()
+    }
+}
+
+/// Kernel and bias (plain shapes) of one coefficient vector `[N]` or `[1, N]`.
+pub(crate) fn synthesize_one(
+    coefficients: &Tensor,
+    bank: &Tensor,
+    bias_bank: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let num_bases = bank.size()[0];
+    let row = coefficients.f_reshape([1, -1])?;
+    let alpha = check_coefficients(&row, 1, num_bases, bank.f_kind()?)?;
+    let weight = synthesis::synthesize(&alpha.tensor, bank)?.f_squeeze_dim(0)?;
+    let bias = bias_bank
+        .map(|bb| alpha.tensor.f_matmul(bb)?.f_squeeze_dim(0))
+        .transpose()?;
+    Ok((weight, bias))
+}

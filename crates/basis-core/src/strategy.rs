@@ -1,0 +1,106 @@
+//! How a basis layer turns per-sample coefficients into outputs.
+
+use crate::geometry::Conv2dGeometry;
+
+/// Execution strategy of a basis layer. Every strategy computes, for each sample `b`, the
+/// layer with weight `sum_i alpha[b, i] * W_i`; they differ only in speed (and all equal
+/// [`Strategy::PerSample`], the reference, within fp32 rounding, gradients included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Strategy {
+    /// Pick per call from the layer's shape, the batch and the coefficients ([`Strategy::resolve`]).
+    #[default]
+    Auto,
+    /// The reference: synthesize each sample's kernel and run one plain convolution per sample.
+    PerSample,
+    /// Synthesize all `B` kernels, then one grouped convolution over the batch: the input is
+    /// viewed as `(1, B*C, H, W)` and `groups = B * g` (timm's CondConv2d batching).
+    GroupedConv,
+    /// Synthesize all `B` kernels, then one batched matrix multiply; 1x1 kernels and linear
+    /// layers only.
+    BatchedMatmul,
+    /// Run the input through all `N` bases (one convolution with `N * Cout` outputs), then mix
+    /// the `N` outputs of each sample with its coefficients. No synthesis; `N` times the
+    /// convolution's work.
+    MixOutputs,
+    /// One kernel for the whole batch: valid when there is a single coefficient row (a fixed
+    /// specialist, `B = 1`, `N = 1`), or, without gradients, when every row is equal.
+    Shared,
+}
+
+impl Strategy {
+    /// Every concrete strategy (all but `Auto`), for tests and benchmarks.
+    pub const CONCRETE: [Strategy; 5] = [
+        Strategy::PerSample,
+        Strategy::GroupedConv,
+        Strategy::BatchedMatmul,
+        Strategy::MixOutputs,
+        Strategy::Shared,
+    ];
+
+    /// The strategy's name, as written in benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Auto => "auto",
+            Strategy::PerSample => "per-sample",
+            Strategy::GroupedConv => "grouped-conv",
+            Strategy::BatchedMatmul => "batched-matmul",
+            Strategy::MixOutputs => "mix-outputs",
+            Strategy::Shared => "shared",
+        }
+    }
+
+    /// Whether this strategy can run a layer of this geometry at all (before looking at the
+    /// coefficients; `Shared` also needs a single coefficient row).
+    pub fn supports(self, geometry: &Conv2dGeometry) -> bool {
+        match self {
+            Strategy::BatchedMatmul => geometry.is_pointwise(),
+            _ => true,
+        }
+    }
+
+    /// The concrete strategy `Auto` runs for a layer of this geometry on `batch` inputs of
+    /// `input_hw`, when the coefficients are one row for the batch (`shared_rows`) or not.
+    ///
+    /// The rule comes from `cargo bench -p basis-core` (MobileNetV3-Large layer shapes at
+    /// 224 px, N = 8, fp32, 2 threads; the table is in `docs/src/benchmarks.md`):
+    ///
+    /// - a 1x1 convolution on a batch of one: `BatchedMatmul` (one GEMM; libtorch's 1x1
+    ///   convolution was up to 1.5x slower on the 480->112 projection);
+    /// - one coefficient row (or a batch of one): `Shared`, one kernel and one ordinary
+    ///   convolution, 1.00x to 1.19x the static layer at batch 32;
+    /// - a 1x1 kernel on a 1x1 input (linear layers, squeeze-excite convs): `MixOutputs`
+    ///   as one GEMM over all bases; at batch 32 on the 960->1280 head it took 8.6 ms where
+    ///   synthesizing 32 weight matrices took 75 to 81 ms;
+    /// - other 1x1 kernels: `BatchedMatmul`, the fastest per-sample strategy on every
+    ///   pointwise shape measured (0.30x to 1.73x the static layer at batch 32);
+    /// - everything else, depthwise included: `GroupedConv` (1.6 ms against 5.8 ms per
+    ///   sample on the depthwise 5x5, 960 channels at 7x7, batch 32).
+    ///
+    /// `MixOutputs` on spatial layers costs `N` times the convolution and never won;
+    /// `PerSample` is the reference.
+    pub fn resolve(
+        geometry: &Conv2dGeometry,
+        batch: i64,
+        input_hw: (i64, i64),
+        shared_rows: bool,
+    ) -> Strategy {
+        let dense = crate::synthesis::is_dense_on_one_pixel(geometry, input_hw);
+        if geometry.is_pointwise() && !dense && batch == 1 {
+            Strategy::BatchedMatmul
+        } else if shared_rows || batch == 1 {
+            Strategy::Shared
+        } else if dense {
+            Strategy::MixOutputs
+        } else if geometry.is_pointwise() {
+            Strategy::BatchedMatmul
+        } else {
+            Strategy::GroupedConv
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

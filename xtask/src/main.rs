@@ -1,0 +1,40 @@
+//! `cargo xtask`: the project's automation, in Rust (the matklad convention).
+//!
+//! - `cargo xtask setup`: install libtorch 2.13.0 (PyTorch's wheel) into a user cache and
+//!   point the build at it. Every other command runs it first.
+//! - `cargo xtask test`: setup, `cargo fmt --check`, clippy with `-D warnings`, the tests.
+
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "basisnet-rs automation", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install PyTorch 2.13.0 (libtorch, torchvision, safetensors) into the user cache and
+    /// link it as `.libtorch`; a second run takes about a second.
+    Setup(setup::SetupArgs),
+    /// Run every check CI runs: setup, rustfmt, clippy (-D warnings), the workspace tests.
+    Test(test::TestArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Setup(args) => setup::run(&args).map(|_| ()),
+        Command::Test(args) => test::run(&args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

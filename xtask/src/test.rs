@@ -1,0 +1,56 @@
+//! `cargo xtask test`: what CI runs, in order, stopping at the first failure.
+
+use crate::{setup, util};
+use anyhow::Result;
+use clap::Args;
+use std::process::Command;
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Only run the tests (skip rustfmt and clippy).
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Extra arguments passed to `cargo test` (after `--workspace`).
+    #[arg(last = true)]
+    pub cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: &TestArgs) -> Result<()> {
+    let torch = setup::run(&setup::SetupArgs::default())?;
+    let root = util::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo_cmd = |sub: &[&str]| {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&root).args(sub);
+        torch.apply_env(&mut cmd);
+        cmd
+    };
+    if !args.no_lint {
+        step("cargo fmt --check");
+        util::run(
+            "cargo fmt --check",
+            &mut cargo_cmd(&["fmt", "--all", "--", "--check"]),
+        )?;
+        step("cargo clippy");
+        util::run(
+            "cargo clippy",
+            &mut cargo_cmd(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    step("cargo test");
+    let mut test = cargo_cmd(&["test", "--workspace"]);
+    test.args(&args.cargo_test_args);
+    util::run("cargo test", &mut test)?;
+    Ok(())
+}
+
+fn step(name: &str) {
+    eprintln!("==> {name}");
+}
