@@ -7,9 +7,10 @@
 
 use basis_core::{to_channels_last, BasisConv2d, BasisLinear, Conv2dGeometry, Strategy};
 use criterion::{BenchmarkId, Criterion};
-use std::path::PathBuf;
 use std::time::Duration;
 use tch::{Device, Kind, Tensor};
+
+mod support;
 
 const BASES: i64 = 8;
 const BATCHES: [i64; 2] = [1, 32];
@@ -155,31 +156,10 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// criterion's folder: `<target>/criterion`.
-fn criterion_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("criterion")
-}
-
-/// The benchmark id of one table row (letters, digits, spaces and '-', which criterion
-/// keeps as they are in its folder names).
+/// The benchmark id of one table row.
 fn row_id(name: &str, batch: i64, nhwc: bool) -> String {
     let layout = if nhwc { " nhwc" } else { "" };
     format!("{name} b{batch}{layout}")
-}
-
-/// criterion's median estimate, in ms, for one benchmark of this run.
-fn median_ms(row: &str, col: &str) -> Option<f64> {
-    let path = criterion_dir()
-        .join(GROUP)
-        .join(row)
-        .join(col)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(json["median"]["point_estimate"].as_f64()? / 1e6)
 }
 
 fn print_table() {
@@ -187,6 +167,7 @@ fn print_table() {
     println!("\nMedians in ms (ratio to static), N = {BASES}, fp32, 2 threads:\n");
     println!("| layer | batch | layout | {} |", cols.join(" | "));
     println!("|---|---|---|{}", "---|".repeat(cols.len()));
+    let median_ms = |row: &str, col: &str| support::median_ms(GROUP, row, col);
     for (name, geometry, _) in shapes() {
         let layouts: &[bool] = if geometry.is_some() {
             &[false, true]

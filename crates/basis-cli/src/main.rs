@@ -1,0 +1,34 @@
+//! `basisnet`: the command line of basisnet-rs.
+
+mod profile;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "basisnet",
+    version,
+    about = "BasisNet: two-stage model synthesis (lightweight model + synthesized specialist)",
+    after_help = "Examples:\n  basisnet profile --arch mobilenet_v3_large --resolution 224\n  basisnet profile --preset basisnet-mv3 --json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer parameters and multiply-adds of a backbone or a BasisNet preset.
+    Profile(profile::ProfileArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Profile(args) => profile::run(&args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,70 @@
+//! `basisnet profile` prints the machine-readable figures other tools read.
+
+use std::process::Command;
+
+fn basisnet(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_basisnet"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn backbone_json_has_totals_and_layers() {
+    let (ok, out, err) = basisnet(&[
+        "profile",
+        "--arch",
+        "mobilenet_v3_large",
+        "--width",
+        "1.0",
+        "--in-chans",
+        "3",
+        "--classes",
+        "1000",
+        "--resolution",
+        "224",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"]["params"], 5483032);
+    assert_eq!(v["total"]["madds"], 216589760);
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers[0]["name"], "features.0");
+    assert_eq!(layers[0]["output"], serde_json::json!([16, 112, 112]));
+    let sum: i64 = layers.iter().map(|l| l["madds"].as_i64().unwrap()).sum();
+    assert_eq!(sum, 216589760);
+}
+
+#[test]
+fn preset_json_splits_the_cost() {
+    let (ok, out, err) = basisnet(&["profile", "--preset", "basisnet-mv3", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["lightweight"]["madds"], 73427840);
+    assert_eq!(v["specialist"]["madds"], 216589760);
+    let synthesis = v["synthesis"]["madds"].as_i64().unwrap();
+    let head = v["coefficient_head"]["madds"].as_i64().unwrap();
+    assert_eq!(
+        v["total"]["madds"].as_i64().unwrap(),
+        73427840 + head + 216589760 + synthesis
+    );
+}
+
+#[test]
+fn bad_values_are_one_sentence_and_a_failure() {
+    let (ok, out, err) = basisnet(&["profile", "--arch", "resnet50"]);
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("unknown --arch \"resnet50\""), "{err}");
+    let (ok, _, err) = basisnet(&["profile", "--resolution", "12"]);
+    assert!(!ok);
+    assert!(err.contains("need at least 17 px"), "{err}");
+    let (ok, _, err) = basisnet(&["profile", "--preset", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("unknown preset \"nope\""), "{err}");
+}

@@ -1,0 +1,304 @@
+//! The pieces of a MobileNet: batch norm, conv + BN + activation, squeeze-excite. Every
+//! convolution is a [`BasisConv2d`]: one basis for a static layer, `N` for a basis layer.
+
+use crate::arch::Act;
+use crate::error::Result;
+use basis_core::{BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
+use tch::{nn, Kind, Tensor};
+
+/// Batch-norm hyper-parameters (PyTorch's convention: `running = (1 - m) * running + m * batch`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BatchNormSpec {
+    /// Added to the variance.
+    pub eps: f64,
+    /// Weight of the current batch in the running statistics.
+    pub momentum: f64,
+}
+
+/// `BatchNorm2d` with torchvision's variable names, `num_batches_tracked` included.
+#[derive(Debug)]
+pub struct BatchNorm2d {
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    num_batches_tracked: Tensor,
+    spec: BatchNormSpec,
+}
+
+impl BatchNorm2d {
+    /// Weight one, bias zero, statistics zero mean and unit variance, as PyTorch.
+    pub fn new(path: &nn::Path, channels: i64, spec: BatchNormSpec) -> Result<Self> {
+        Ok(Self {
+            weight: path.f_ones("weight", &[channels])?,
+            bias: path.f_zeros("bias", &[channels])?,
+            running_mean: path.f_zeros_no_train("running_mean", &[channels])?,
+            running_var: path.f_ones_no_train("running_var", &[channels])?,
+            num_batches_tracked: path.add(
+                "num_batches_tracked",
+                Tensor::f_zeros([], (Kind::Int64, path.device()))?,
+                false,
+            ),
+            spec,
+        })
+    }
+
+    /// Normalize with batch statistics (and update the running ones) when `train`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if train {
+            let _ = tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1))?;
+        }
+        Ok(x.f_batch_norm(
+            Some(&self.weight),
+            Some(&self.bias),
+            Some(&self.running_mean),
+            Some(&self.running_var),
+            train,
+            self.spec.momentum,
+            self.spec.eps,
+            true,
+        )?)
+    }
+
+    /// Copy parameters, running statistics and counter from `other` (same width).
+    pub(crate) fn copy_from(&self, other: &BatchNorm2d) -> Result<()> {
+        tch::no_grad(|| -> Result<()> {
+            for (dst, src) in self.tensors().into_iter().zip(other.tensors()) {
+                dst.shallow_clone().f_copy_(src)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn tensors(&self) -> [&Tensor; 5] {
+        [
+            &self.weight,
+            &self.bias,
+            &self.running_mean,
+            &self.running_var,
+            &self.num_batches_tracked,
+        ]
+    }
+
+    /// Trainable parameters (weight and bias).
+    pub fn params(&self) -> i64 {
+        2 * self.weight.size()[0]
+    }
+}
+
+/// Apply a nonlinearity.
+pub fn activate(x: Tensor, act: Option<Act>) -> Result<Tensor> {
+    Ok(match act {
+        None => x,
+        Some(Act::Relu) => x.f_relu()?,
+        Some(Act::Relu6) => x.f_relu6()?,
+        Some(Act::Hardswish) => x.f_hardswish()?,
+    })
+}
+
+/// The coefficient vectors of one forward pass, `[B, N]` each (or `[1, N]` for one
+/// vector shared by the batch), indexed by the layers' `vector`.
+pub type CoefficientVectors<'a> = &'a [Tensor];
+
+/// A convolution that is either static (one basis) or a basis layer reading one of the
+/// coefficient vectors.
+#[derive(Debug)]
+pub struct Conv {
+    pub(crate) conv: BasisConv2d,
+    pub(crate) vector: Option<usize>,
+}
+
+impl Conv {
+    /// A convolution under `path`; a basis layer when `basis` gives `(N, vector)`.
+    pub fn new(
+        path: &nn::Path,
+        geometry: Conv2dGeometry,
+        bias: bool,
+        basis: Option<(i64, usize)>,
+    ) -> Result<Self> {
+        let (n, vector) = match basis {
+            Some((n, v)) if n > 1 => (n, Some(v)),
+            _ => (1, None),
+        };
+        Ok(Self {
+            conv: BasisConv2d::new(path, geometry, n, bias)?,
+            vector,
+        })
+    }
+
+    /// Apply, with this layer's coefficient vector when it is a basis layer.
+    pub fn forward(&self, x: &Tensor, coefficients: CoefficientVectors) -> Result<Tensor> {
+        match self.vector {
+            None => Ok(self.conv.forward_static(x)?),
+            Some(v) => Ok(self
+                .conv
+                .forward(x, crate::error::vector(coefficients, v)?)?),
+        }
+    }
+
+    /// The layer's cost on an `h x w` input.
+    pub fn cost(&self, input_hw: (i64, i64)) -> Result<LayerCost> {
+        Ok(self.conv.cost(input_hw)?)
+    }
+
+    /// The underlying basis layer.
+    pub fn layer(&self) -> &BasisConv2d {
+        &self.conv
+    }
+}
+
+/// A linear layer that is static or a basis layer.
+#[derive(Debug)]
+pub struct Linear {
+    pub(crate) linear: BasisLinear,
+    pub(crate) vector: Option<usize>,
+}
+
+impl Linear {
+    /// A linear layer under `path`, initialized as torchvision's MobileNets do
+    /// (weights `N(0, 0.01)`, bias zero).
+    pub fn new(
+        path: &nn::Path,
+        in_features: i64,
+        out_features: i64,
+        basis: Option<(i64, usize)>,
+    ) -> Result<Self> {
+        let (n, vector) = match basis {
+            Some((n, v)) if n > 1 => (n, Some(v)),
+            _ => (1, None),
+        };
+        let linear = BasisLinear::new(path, in_features, out_features, n, true)?;
+        tch::no_grad(|| -> Result<()> {
+            let _ = linear.weight().shallow_clone().f_normal_(0.0, 0.01)?;
+            linear
+                .bias()
+                .map(|b| b.shallow_clone().f_zero_())
+                .transpose()?;
+            Ok(())
+        })?;
+        Ok(Self { linear, vector })
+    }
+
+    /// Apply, with this layer's coefficient vector when it is a basis layer.
+    pub fn forward(&self, x: &Tensor, coefficients: CoefficientVectors) -> Result<Tensor> {
+        match self.vector {
+            None => Ok(self.linear.forward_static(x)?),
+            Some(v) => Ok(self
+                .linear
+                .forward(x, crate::error::vector(coefficients, v)?)?),
+        }
+    }
+
+    /// The layer's cost for one sample.
+    pub fn cost(&self) -> LayerCost {
+        self.linear.cost()
+    }
+
+    /// The underlying basis layer.
+    pub fn layer(&self) -> &BasisLinear {
+        &self.linear
+    }
+}
+
+/// torchvision's `Conv2dNormActivation`: convolution (no bias), batch norm, activation.
+#[derive(Debug)]
+pub struct ConvBnAct {
+    pub(crate) conv: Conv,
+    pub(crate) bn: BatchNorm2d,
+    pub(crate) act: Option<Act>,
+}
+
+impl ConvBnAct {
+    /// Convolution at `conv_path`, batch norm at `bn_path` (torchvision nests them as
+    /// `.0` and `.1`, except MobileNetV2's projection, which sits beside its norm).
+    pub fn new(
+        conv_path: &nn::Path,
+        bn_path: &nn::Path,
+        geometry: Conv2dGeometry,
+        bn: BatchNormSpec,
+        act: Option<Act>,
+        basis: Option<(i64, usize)>,
+    ) -> Result<Self> {
+        let conv = Conv::new(conv_path, geometry, false, basis)?;
+        kaiming_normal_fan_out(&conv.conv)?;
+        Ok(Self {
+            conv,
+            bn: BatchNorm2d::new(bn_path, geometry.out_channels, bn)?,
+            act,
+        })
+    }
+
+    /// Convolution, normalization, activation.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        coefficients: CoefficientVectors,
+        train: bool,
+    ) -> Result<Tensor> {
+        let y = self.conv.forward(x, coefficients)?;
+        activate(self.bn.forward_t(&y, train)?, self.act)
+    }
+
+    /// Cost on an `h x w` input, batch norm parameters included.
+    pub fn cost(&self, input_hw: (i64, i64)) -> Result<LayerCost> {
+        let mut cost = self.conv.cost(input_hw)?;
+        cost.params += self.bn.params();
+        Ok(cost)
+    }
+}
+
+/// torchvision's `SqueezeExcitation` with MobileNetV3's hard-sigmoid gate.
+#[derive(Debug)]
+pub struct SqueezeExcite {
+    pub(crate) fc1: Conv,
+    pub(crate) fc2: Conv,
+}
+
+impl SqueezeExcite {
+    /// `fc1` (`channels -> squeeze`) and `fc2` (`squeeze -> channels`), 1x1 with bias.
+    pub fn new(
+        path: &nn::Path,
+        channels: i64,
+        squeeze: i64,
+        basis: Option<(i64, usize)>,
+    ) -> Result<Self> {
+        let fc1 = Conv::new(
+            &(path / "fc1"),
+            Conv2dGeometry::new(channels, squeeze, 1),
+            true,
+            basis,
+        )?;
+        let fc2 = Conv::new(
+            &(path / "fc2"),
+            Conv2dGeometry::new(squeeze, channels, 1),
+            true,
+            basis,
+        )?;
+        for fc in [&fc1, &fc2] {
+            kaiming_normal_fan_out(&fc.conv)?;
+        }
+        Ok(Self { fc1, fc2 })
+    }
+
+    /// `x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))`.
+    pub fn forward(&self, x: &Tensor, coefficients: CoefficientVectors) -> Result<Tensor> {
+        let s = x.f_adaptive_avg_pool2d([1, 1])?;
+        let s = self.fc1.forward(&s, coefficients)?.f_relu()?;
+        let s = self.fc2.forward(&s, coefficients)?.f_hardsigmoid()?;
+        Ok(x.f_mul(&s)?)
+    }
+}
+
+/// torchvision's init for convolutions: `kaiming_normal_(mode="fan_out")` (gain sqrt(2)),
+/// bias zero; every basis drawn independently.
+fn kaiming_normal_fan_out(conv: &BasisConv2d) -> Result<()> {
+    let [out, _, kh, kw] = conv.geometry().weight_shape();
+    let std = (2.0 / (out * kh * kw) as f64).sqrt();
+    tch::no_grad(|| -> Result<()> {
+        let _ = conv.weight().shallow_clone().f_normal_(0.0, std)?;
+        if let Some(b) = conv.bias() {
+            let _ = b.shallow_clone().f_zero_()?;
+        }
+        Ok(())
+    })
+}

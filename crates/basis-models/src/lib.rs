@@ -1,0 +1,30 @@
+//! MobileNetV2/V3 backbones, the BasisNet lightweight model and specialist, and BasisNet
+//! with early exit, on [`basis_core`]'s basis layers.
+//!
+//! Architectures are tables ([`arch`]) decoded by one builder ([`MobileNet`]) that mirrors
+//! torchvision 0.28 name for name. A static network is the `N = 1` case of the same code
+//! ([`BasisSpec::fixed`]); a specialist chooses its basis layers, `N` and the scope of its
+//! coefficients with a [`BasisSpec`].
+
+pub mod arch;
+mod basis;
+mod basisnet;
+pub mod checkpoint;
+mod error;
+mod layers;
+mod lightweight;
+mod mobilenet;
+pub mod presets;
+mod profile;
+mod specialize;
+
+pub use arch::{make_divisible, Act, Arch};
+pub use basis::{BasisLayers, BasisSpec, CoefficientScope};
+pub use basisnet::{
+    BasisNet, BasisNetConfig, BasisNetOutput, BasisNetProfile, EarlyExitOutput, Stage,
+};
+pub use error::{ModelError, Result};
+pub use layers::{BatchNorm2d, BatchNormSpec};
+pub use lightweight::{Lightweight, LightweightOutput};
+pub use mobilenet::{Layout, MobileNet, MobileNetConfig};
+pub use profile::{Profile, ProfileRow, Totals};

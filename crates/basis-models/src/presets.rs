@@ -1,0 +1,68 @@
+//! Named BasisNet configurations.
+//!
+//! | preset | lightweight | specialist | N | data |
+//! |---|---|---|---|---|
+//! | `basisnet-mv3` | MobileNetV3-Large 1.0 at 128 px | MobileNetV3-Large 1.0 at 224 px | 8 | ImageNet |
+//! | `basisnet-mv2` | MobileNetV2 1.0 at 128 px | MobileNetV2 1.0 at 224 px | 8 | ImageNet |
+//! | `basisnet-fashion` | MobileNetV3-Small 0.5 at 20 px | MobileNetV3-Small 1.0 at 28 px | 4 | 28 px grayscale, 10 classes |
+//! | `basisnet-fashion-mv2` | MobileNetV3-Small 0.5 at 20 px | MobileNetV2 0.5 at 28 px | 4 | 28 px grayscale, 10 classes |
+//!
+//! All use the paper's defaults: every convolution and the classifier are basis layers,
+//! one coefficient vector, softmax temperature 1, basis dropout 0.1.
+
+use crate::arch::Arch;
+use crate::basis::BasisSpec;
+use crate::basisnet::BasisNetConfig;
+use crate::error::{ModelError, Result};
+use crate::mobilenet::MobileNetConfig;
+
+/// Every preset name.
+pub const NAMES: [&str; 4] = [
+    "basisnet-mv3",
+    "basisnet-mv2",
+    "basisnet-fashion",
+    "basisnet-fashion-mv2",
+];
+
+/// The configuration of a preset.
+///
+/// ```
+/// let mv3 = basis_models::presets::get("basisnet-mv3")?;
+/// assert_eq!((mv3.lightweight_resolution, mv3.resolution), (128, 224));
+/// assert!(basis_models::presets::get("resnet50").is_err());
+/// # Ok::<(), basis_models::ModelError>(())
+/// ```
+pub fn get(name: &str) -> Result<BasisNetConfig> {
+    let imagenet = |arch: Arch| BasisNetConfig {
+        lightweight: MobileNetConfig::new(arch),
+        lightweight_resolution: 128,
+        specialist: MobileNetConfig::new(arch),
+        resolution: 224,
+        basis: BasisSpec::new(8),
+        temperature: 1.0,
+        basis_dropout: 0.1,
+    };
+    let fashion = |specialist: MobileNetConfig| BasisNetConfig {
+        lightweight: MobileNetConfig::new(Arch::MobilenetV3Small)
+            .width(0.5)
+            .in_channels(1)
+            .classes(10)
+            .dropout(0.1),
+        lightweight_resolution: 20,
+        specialist: specialist.in_channels(1).classes(10).dropout(0.1),
+        resolution: 28,
+        basis: BasisSpec::new(4),
+        temperature: 1.0,
+        basis_dropout: 0.1,
+    };
+    match name {
+        "basisnet-mv3" => Ok(imagenet(Arch::MobilenetV3Large)),
+        "basisnet-mv2" => Ok(imagenet(Arch::MobilenetV2)),
+        "basisnet-fashion" => Ok(fashion(MobileNetConfig::new(Arch::MobilenetV3Small))),
+        "basisnet-fashion-mv2" => Ok(fashion(MobileNetConfig::new(Arch::MobilenetV2).width(0.5))),
+        other => Err(ModelError::Config(format!(
+            "unknown preset {other:?}; the presets are {}",
+            NAMES.join(", ")
+        ))),
+    }
+}
