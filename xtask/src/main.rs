@@ -2,8 +2,10 @@
 //!
 //! - `cargo xtask setup`: install libtorch 2.13.0 (PyTorch's wheel) into a user cache and
 //!   point the build at it. Every other command runs it first.
-//! - `cargo xtask test`: setup, `cargo fmt --check`, clippy with `-D warnings`, the tests.
+//! - `cargo xtask test`: setup, data, `cargo fmt --check`, clippy with `-D warnings`, the tests.
+//! - `cargo xtask data [fashion-mnist|foolbox|all]`: prepare the datasets.
 
+mod data;
 mod setup;
 mod test;
 mod util;
@@ -25,6 +27,8 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Run every check CI runs: setup, rustfmt, clippy (-D warnings), the workspace tests.
     Test(test::TestArgs),
+    /// Prepare datasets (Fashion-MNIST from Debian's package, foolbox's sample images).
+    Data(data::DataArgs),
 }
 
 fn main() {
@@ -32,6 +36,9 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup(args) => setup::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),
+        Command::Data(args) => {
+            setup::run(&setup::SetupArgs::default()).and_then(|_| data::run(&args))
+        }
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs, in order, stopping at the first failure.
 
-use crate::{setup, util};
+use crate::{data, setup, util};
 use anyhow::Result;
 use clap::Args;
 use std::process::Command;
@@ -17,11 +17,17 @@ pub struct TestArgs {
 
 pub fn run(args: &TestArgs) -> Result<()> {
     let torch = setup::run(&setup::SetupArgs::default())?;
+    data::run(&data::DataArgs {
+        which: data::Which::All,
+    })?;
+    let data_root = data::data_root()?;
     let root = util::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let cargo_cmd = |sub: &[&str]| {
         let mut cmd = Command::new(&cargo);
-        cmd.current_dir(&root).args(sub);
+        cmd.current_dir(&root)
+            .args(sub)
+            .env("BASISNET_DATA_DIR", &data_root);
         torch.apply_env(&mut cmd);
         cmd
     };

@@ -1,0 +1,3 @@
+fn main() {
+    basis_link::libtorch();
+}
