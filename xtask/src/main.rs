@@ -4,10 +4,12 @@
 //!   point the build at it. Every other command runs it first.
 //! - `cargo xtask test`: setup, data, `cargo fmt --check`, clippy with `-D warnings`, the tests.
 //! - `cargo xtask data [fashion-mnist|foolbox|all]`: prepare the datasets.
+//! - `cargo xtask train [--baseline]`: the main job (Fashion-MNIST BasisNet on the CPU).
 
 mod data;
 mod setup;
 mod test;
+mod train;
 mod util;
 
 use anyhow::Result;
@@ -29,6 +31,8 @@ enum Command {
     Test(test::TestArgs),
     /// Prepare datasets (Fashion-MNIST from Debian's package, foolbox's sample images).
     Data(data::DataArgs),
+    /// The main job: train the quick Fashion-MNIST BasisNet on the CPU and summarize it.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -36,6 +40,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         Command::Setup(args) => setup::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),
+        Command::Train(args) => train::run(&args),
         Command::Data(args) => {
             setup::run(&setup::SetupArgs::default()).and_then(|_| data::run(&args))
         }

@@ -1,6 +1,7 @@
 //! `basisnet`: the command line of basisnet-rs.
 
 mod profile;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand};
     name = "basisnet",
     version,
     about = "BasisNet: two-stage model synthesis (lightweight model + synthesized specialist)",
-    after_help = "Examples:\n  basisnet profile --arch mobilenet_v3_large --resolution 224\n  basisnet profile --preset basisnet-mv3 --json"
+    after_help = "Examples:\n  basisnet train --recipe fashion-quick --out runs/fashion\n  basisnet eval --checkpoint runs/fashion --json\n  basisnet profile --arch mobilenet_v3_large --resolution 224\n  basisnet profile --preset basisnet-mv3 --json"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a recipe (BasisNet or its static baseline), or resume a run.
+    Train(train::TrainArgs),
+    /// Accuracy of a run's lightweight model and specialist, and the early-exit curve.
+    Eval(train::EvalArgs),
     /// Per-layer parameters and multiply-adds of a backbone or a BasisNet preset.
     Profile(profile::ProfileArgs),
 }
@@ -26,6 +31,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Profile(args) => profile::run(&args),
+        Command::Train(args) => train::train(&args),
+        Command::Eval(args) => train::eval(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

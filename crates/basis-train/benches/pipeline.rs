@@ -16,16 +16,6 @@ use std::time::Instant;
 const REPEAT: usize = 32;
 const EPOCHS: usize = 5;
 
-fn data_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BASISNET_DATA_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    cache.join("basisnet/data")
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -87,7 +77,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches once in test mode: nothing to check here.
     }
-    let folder = data_root().join("foolbox/imagenet/val");
+    let folder = basis_train::trainer::default_data_root().join("foolbox/imagenet/val");
     let images = 20 * REPEAT;
     let ours = ours(&folder);
     let theirs = torchvision(&folder);

@@ -1,4 +1,5 @@
-//! Training BasisNet models: datasets and the input pipeline ([`data`]).
+//! Training BasisNet models: datasets and the input pipeline ([`data`]), recipes
+//! ([`recipe`]), optimizers and schedules ([`optim`]), the trainer ([`trainer`]).
 //!
 //! ```no_run
 //! use basis_train::data::{AugmentConfig, Dataset, FashionMnist, Loader, LoaderConfig, Split};
@@ -23,3 +24,11 @@
 //! ```
 
 pub mod data;
+pub mod optim;
+pub mod recipe;
+pub mod trainer;
+
+pub use recipe::{Recipe, RecipeError};
+pub use trainer::{
+    evaluate, Evaluation, ExitPoint, Model, Run, RunSummary, TrainError, TrainerState,
+};

@@ -100,6 +100,29 @@ impl InMemory {
     }
 }
 
+/// `Dataset` for a wrapper of [`InMemory`].
+macro_rules! in_memory_dataset {
+    ($name:ident) => {
+        impl Dataset for $name {
+            fn len(&self) -> usize {
+                self.0.declared
+            }
+            fn classes(&self) -> &[String] {
+                &self.0.classes
+            }
+            fn channels(&self) -> usize {
+                self.0.shape[2]
+            }
+            fn get(&self, index: usize) -> Result<Sample, DataError> {
+                self.0.get(index)
+            }
+            fn describe(&self, index: usize) -> String {
+                self.0.describe(index)
+            }
+        }
+    };
+}
+
 /// Fashion-MNIST (Xiao et al., 2017): 28x28 grayscale, 10 classes, 60,000 training and
 /// 10,000 test images, read from the four idx files (gzip or not).
 ///
@@ -184,23 +207,7 @@ impl FashionMnist {
     }
 }
 
-impl Dataset for FashionMnist {
-    fn len(&self) -> usize {
-        self.0.declared
-    }
-    fn classes(&self) -> &[String] {
-        &self.0.classes
-    }
-    fn channels(&self) -> usize {
-        1
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        self.0.get(index)
-    }
-    fn describe(&self, index: usize) -> String {
-        self.0.describe(index)
-    }
-}
+in_memory_dataset!(FashionMnist);
 
 /// Which CIFAR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -304,23 +311,7 @@ impl Cifar {
     }
 }
 
-impl Dataset for Cifar {
-    fn len(&self) -> usize {
-        self.0.declared
-    }
-    fn classes(&self) -> &[String] {
-        &self.0.classes
-    }
-    fn channels(&self) -> usize {
-        3
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        self.0.get(index)
-    }
-    fn describe(&self, index: usize) -> String {
-        self.0.describe(index)
-    }
-}
+in_memory_dataset!(Cifar);
 
 /// A dataset read `times` times over (sample `i` is sample `i % len` of the inner one):
 /// small sets filling an epoch for benchmarks.

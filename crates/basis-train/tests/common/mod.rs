@@ -2,20 +2,9 @@
 
 use std::path::PathBuf;
 
-/// The data folder (`BASISNET_DATA_DIR`, which `cargo xtask test` sets, else the default).
-pub fn data_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("BASISNET_DATA_DIR") {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    cache.join("basisnet").join("data")
-}
-
 /// A prepared dataset folder, or a panic that says how to prepare it.
 pub fn prepared(name: &str) -> PathBuf {
-    let dir = data_root().join(name);
+    let dir = basis_train::trainer::default_data_root().join(name);
     assert!(
         dir.exists(),
         "{} is missing: run `cargo xtask data` (cargo xtask test does)",

@@ -1,0 +1,199 @@
+//! `basisnet train` and `basisnet eval`.
+
+use anyhow::{bail, Context, Result};
+use basis_train::{evaluate, trainer, Model, Recipe, Run};
+use clap::Args;
+use std::path::PathBuf;
+use tch::nn;
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  basisnet train --recipe fashion-quick --out runs/fashion\n  basisnet train --recipe my.toml --set train.epochs=3 --set optim.lr=0.01 --out runs/short\n  basisnet train --resume runs/fashion"
+)]
+pub struct TrainArgs {
+    /// A shipped recipe (fashion-quick, imagenet-basisnet-mv3) or a TOML file.
+    #[arg(long, default_value = "fashion-quick")]
+    recipe: String,
+    /// Override a recipe key: `section.key=value` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Train the static network of the specialist's size instead (N = 1, no lightweight).
+    #[arg(long)]
+    baseline: bool,
+    /// The run directory (created; must not hold a run already).
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Folder of the dataset (overrides data.dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print the final metrics as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let mut run = if let Some(dir) = &args.resume {
+        if !args.set.is_empty() || args.baseline {
+            bail!(
+                "--resume continues the recipe saved in {}; --set and --baseline do not apply",
+                dir.display()
+            );
+        }
+        Run::resume(dir).with_context(|| format!("resuming {}", dir.display()))?
+    } else {
+        let mut recipe = Recipe::load(&args.recipe)?.with_overrides(&args.set)?;
+        if args.baseline {
+            recipe.model.baseline = true;
+        }
+        if let Some(dir) = &args.data_dir {
+            recipe.data.dir = Some(dir.clone());
+        }
+        let out = args.out.clone().unwrap_or_else(|| {
+            let kind = if recipe.model.baseline {
+                "baseline"
+            } else {
+                "basisnet"
+            };
+            PathBuf::from("runs").join(format!(
+                "{}-{kind}-{}",
+                args.recipe.trim_end_matches(".toml").replace('/', "_"),
+                std::process::id()
+            ))
+        });
+        eprintln!("run directory: {}", out.display());
+        Run::new(recipe, &out)?
+    };
+    let summary = run.train()?;
+    if args.json {
+        println!(
+            "{}",
+            std::fs::read_to_string(summary.dir.join("metrics.json"))?
+        );
+    }
+    eprintln!("run directory: {}", summary.dir.display());
+    Ok(())
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  basisnet eval --checkpoint runs/fashion --json\n  basisnet eval --checkpoint runs/fashion --csv > curve.csv"
+)]
+pub struct EvalArgs {
+    /// A run directory (its recipe and `best` or `last` weights).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Which weights of the run: best or last.
+    #[arg(long, default_value = "best")]
+    which: String,
+    /// Early-exit thresholds (default: the recipe's).
+    #[arg(long, value_delimiter = ',')]
+    thresholds: Option<Vec<f64>>,
+    /// Print JSON.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print the early-exit curve as CSV.
+    #[arg(long)]
+    csv: bool,
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let dir = &args.checkpoint;
+    let recipe_path = dir.join("recipe.toml");
+    if !recipe_path.exists() {
+        bail!("{} is not a run directory (no recipe.toml)", dir.display());
+    }
+    if args.which != "best" && args.which != "last" {
+        bail!("--which is best or last, not {:?}", args.which);
+    }
+    let recipe = Recipe::load(&recipe_path.display().to_string())?;
+    let vs = nn::VarStore::new(tch::Device::Cpu);
+    let model = Model::build(&vs.root(), &recipe)?;
+    basis_models::checkpoint::load(&vs, &dir.join(format!("{}.safetensors", args.which)))?;
+    let ema_path = dir.join(format!("{}-ema.safetensors", args.which));
+    let ema_vs = nn::VarStore::new(tch::Device::Cpu);
+    let ema = if ema_path.exists() {
+        let m = Model::build(&ema_vs.root(), &recipe)?;
+        basis_models::checkpoint::load(&ema_vs, &ema_path)?;
+        Some(m)
+    } else {
+        None
+    };
+    let config = recipe.basisnet()?;
+    let test = trainer::open_dataset(&recipe, false)?;
+    let augment = basis_train::data::AugmentConfig {
+        resolution: config.resolution as u32,
+        light_resolution: (!recipe.model.baseline).then_some(config.lightweight_resolution as u32),
+        ..recipe.data.augment.clone()
+    };
+    let loader = basis_train::data::Loader::new(
+        test,
+        augment,
+        false,
+        basis_train::data::LoaderConfig {
+            batch_size: 256,
+            shuffle: false,
+            workers: recipe.data.workers,
+            ..Default::default()
+        },
+    )?;
+    let thresholds = args
+        .thresholds
+        .clone()
+        .unwrap_or(recipe.train.exit_thresholds.clone());
+    let e = evaluate(
+        &model,
+        ema.as_ref(),
+        &loader,
+        &thresholds,
+        config.resolution,
+    )?;
+    if args.csv {
+        println!("threshold,exit_rate,top1,avg_madds");
+        for p in &e.early_exit {
+            println!(
+                "{},{:.6},{:.6},{:.0}",
+                p.threshold, p.exit_rate, p.top1, p.avg_madds
+            );
+        }
+    } else if args.json {
+        let json = serde_json::json!({
+            "light_top1": e.light_top1,
+            "specialist_top1": e.specialist_top1,
+            "ema_specialist_top1": e.ema_specialist_top1,
+            "light_top5": e.light_top5,
+            "specialist_top5": e.specialist_top5,
+            "early_exit": e.early_exit,
+            "images": e.images,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        if let Some(l) = e.light_top1 {
+            println!(
+                "lightweight top-1 {:.2}% ({} MAdds)",
+                100.0 * l,
+                e.light_madds
+            );
+        }
+        println!(
+            "specialist  top-1 {:.2}% ({} MAdds with both stages)",
+            100.0 * e.specialist_top1,
+            e.full_madds
+        );
+        if let Some(m) = e.ema_specialist_top1 {
+            println!("EMA specialist top-1 {:.2}%", 100.0 * m);
+        }
+        for p in &e.early_exit {
+            println!(
+                "threshold {:.2}: exit {:.1}%, top-1 {:.2}%, {:.0} MAdds on average",
+                p.threshold,
+                100.0 * p.exit_rate,
+                100.0 * p.top1,
+                p.avg_madds
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! [`Recipe`]: one TOML file describes a whole run; `--set key=value` overrides it.
+//!
+//! Every section and key is checked: an unknown key or a value of the wrong type is an
+//! error that names the key and, for a file, the line; impossible values (a negative
+//! learning rate, a zero batch) are refused by [`Recipe::validate`] before any work starts.
+
+use crate::data::{AugmentConfig, MixConfig};
+use basis_models::{presets, BasisNetConfig};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Errors of recipes.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TOML that does not parse, an unknown key, a wrong type (the message has the line).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or `--set key=value`.
+        origin: String,
+        /// What is wrong, where.
+        message: String,
+    },
+    /// A value that cannot work.
+    #[error("recipe: {0}")]
+    Invalid(String),
+}
+
+/// The model to train.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSection {
+    /// A BasisNet preset (`basisnet-fashion`, `basisnet-mv3`...).
+    pub preset: String,
+    /// Train the preset's specialist backbone alone as a static network (N = 1, no
+    /// lightweight model): the baseline of the same size and recipe.
+    pub baseline: bool,
+    /// Override the number of bases.
+    pub num_bases: Option<i64>,
+    /// Softmax temperature of the coefficients.
+    pub temperature: Option<f64>,
+    /// Basis dropout probability.
+    pub basis_dropout: Option<f64>,
+    /// Start every basis of a layer from one initialization plus this much noise
+    /// (relative to the weights' spread), so the specialist starts as a static network;
+    /// absent: every basis drawn independently.
+    pub basis_noise: Option<f64>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            preset: "basisnet-fashion".into(),
+            baseline: false,
+            num_bases: None,
+            temperature: None,
+            basis_dropout: None,
+            basis_noise: None,
+        }
+    }
+}
+
+/// Which dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// Fashion-MNIST idx files (`cargo xtask data fashion-mnist`).
+    FashionMnist,
+    /// CIFAR-10 binary batches.
+    Cifar10,
+    /// CIFAR-100 binary files.
+    Cifar100,
+    /// `<dir>/train/<class>/*` and `<dir>/val/<class>/*`.
+    Folder,
+}
+
+/// The data and its transforms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataSection {
+    /// The dataset.
+    pub dataset: DatasetKind,
+    /// Its folder (default: the data folder of `cargo xtask data`).
+    pub dir: Option<PathBuf>,
+    /// Train on the first `limit` samples only (quick runs, tests).
+    pub limit: Option<usize>,
+    /// Evaluate on the first `eval_limit` test samples only.
+    pub eval_limit: Option<usize>,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Stop at the first bad sample instead of skipping it.
+    pub strict: bool,
+    /// Training transforms (`resolution` and `light_resolution` come from the model).
+    pub augment: AugmentConfig,
+    /// Mixup / cutmix, if any.
+    pub mix: Option<MixConfig>,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetKind::FashionMnist,
+            dir: None,
+            limit: None,
+            eval_limit: None,
+            workers: 2,
+            strict: false,
+            augment: AugmentConfig::default(),
+            mix: None,
+        }
+    }
+}
+
+/// The loss: `CE(specialist) + light_weight * CE(light)` (+ distillation).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossSection {
+    /// Weight of the lightweight model's cross-entropy (the paper's lambda).
+    pub light_weight: f64,
+    /// Label smoothing (ignored when mixup makes soft targets, which carry their own).
+    pub label_smoothing: f64,
+}
+
+impl Default for LossSection {
+    fn default() -> Self {
+        Self {
+            light_weight: 1.0,
+            label_smoothing: 0.1,
+        }
+    }
+}
+
+/// Optimizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// SGD with momentum (optionally Nesterov).
+    Sgd,
+    /// RMSProp in TensorFlow's form (the MobileNet papers' optimizer).
+    Rmsprop,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OptimSection {
+    /// Which optimizer.
+    pub name: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Momentum (SGD, RMSProp).
+    pub momentum: f64,
+    /// Nesterov momentum (SGD).
+    pub nesterov: bool,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Also decay batch-norm parameters and biases.
+    pub decay_norm_and_bias: bool,
+    /// RMSProp's decay of the squared average (TensorFlow's `rho`).
+    pub alpha: f64,
+    /// Epsilon (RMSProp: inside the square root, as TensorFlow; AdamW: outside).
+    pub eps: f64,
+    /// AdamW's betas.
+    pub betas: [f64; 2],
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        Self {
+            name: OptimizerKind::Sgd,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-5,
+            decay_norm_and_bias: false,
+            alpha: 0.9,
+            eps: 1e-3,
+            betas: [0.9, 0.999],
+        }
+    }
+}
+
+/// Learning-rate schedules after warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Cosine from the peak to `min_lr`.
+    Cosine,
+    /// Multiply by `gamma` every `step_epochs`.
+    Step,
+    /// Multiply by `gamma` every epoch (continuously).
+    Exponential,
+}
+
+/// The learning-rate schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleSection {
+    /// Shape after warmup.
+    pub kind: ScheduleKind,
+    /// Linear warmup from `warmup_lr`, in epochs (fractions allowed).
+    pub warmup_epochs: f64,
+    /// Learning rate at the start of warmup.
+    pub warmup_lr: f64,
+    /// Floor of the cosine.
+    pub min_lr: f64,
+    /// Step: epochs between decays.
+    pub step_epochs: f64,
+    /// Step and exponential: decay factor.
+    pub gamma: f64,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            warmup_epochs: 0.0,
+            warmup_lr: 1e-4,
+            min_lr: 1e-5,
+            step_epochs: 2.4,
+            gamma: 0.97,
+        }
+    }
+}
+
+/// The run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    /// Epochs.
+    pub epochs: usize,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Seed of initialization, data order, augmentation.
+    pub seed: u64,
+    /// Decay of the exponential moving average of the weights (none when absent).
+    pub ema_decay: Option<f64>,
+    /// Also keep a checkpoint every this many epochs (0: only `last` and `best`).
+    pub checkpoint_every: usize,
+    /// Early-exit thresholds evaluated at the end.
+    pub exit_thresholds: Vec<f64>,
+    /// libtorch threads (0: libtorch's default).
+    pub threads: usize,
+    /// Log a line every this many steps when not on a terminal.
+    pub log_every: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            seed: 0,
+            ema_decay: None,
+            checkpoint_every: 0,
+            exit_thresholds: vec![0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01],
+            threads: 0,
+            log_every: 50,
+        }
+    }
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Recipe {
+    /// The model.
+    pub model: ModelSection,
+    /// The data.
+    pub data: DataSection,
+    /// The loss.
+    pub loss: LossSection,
+    /// The optimizer.
+    pub optim: OptimSection,
+    /// The learning-rate schedule.
+    pub schedule: ScheduleSection,
+    /// The run.
+    pub train: TrainSection,
+}
+
+/// The recipes shipped with the crate, by name.
+pub const PRESETS: [(&str, &str); 2] = [
+    (
+        "fashion-quick",
+        include_str!("../recipes/fashion-quick.toml"),
+    ),
+    (
+        "imagenet-basisnet-mv3",
+        include_str!("../recipes/imagenet-basisnet-mv3.toml"),
+    ),
+];
+
+impl Recipe {
+    /// Parse TOML text (`origin` names it in errors).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, RecipeError> {
+        toml::from_str(text).map_err(|e| RecipeError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })
+    }
+
+    /// A shipped recipe by name, or a file.
+    pub fn load(name_or_path: &str) -> Result<Self, RecipeError> {
+        if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name_or_path) {
+            return Self::from_toml(text, &format!("recipe {name_or_path}"));
+        }
+        let path = Path::new(name_or_path);
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Apply `key=value` overrides (`train.epochs=3`, `optim.name="adamw"`; a value that
+    /// is not TOML is taken as a string).
+    pub fn with_overrides(&self, overrides: &[String]) -> Result<Self, RecipeError> {
+        let mut table =
+            toml::Table::try_from(self).map_err(|e| RecipeError::Invalid(e.to_string()))?;
+        for item in overrides {
+            let origin = format!("--set {item}");
+            let (key, raw) = item.split_once('=').ok_or_else(|| RecipeError::Parse {
+                origin: origin.clone(),
+                message: "expected key=value".into(),
+            })?;
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+            let parts: Vec<&str> = key.trim().split('.').collect();
+            let mut node = &mut table;
+            for part in &parts[..parts.len() - 1] {
+                node = node
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .ok_or_else(|| RecipeError::Parse {
+                        origin: origin.clone(),
+                        message: format!("{part} is not a section"),
+                    })?;
+            }
+            node.insert(parts[parts.len() - 1].to_string(), value);
+            let text = toml::to_string(&table).map_err(|e| RecipeError::Invalid(e.to_string()))?;
+            Self::from_toml(&text, &origin).map_err(|e| match e {
+                RecipeError::Parse { origin, message } => RecipeError::Parse {
+                    origin,
+                    message: format!(
+                        "key {key}: {}",
+                        message.split(" |").next().unwrap_or(&message)
+                    ),
+                },
+                other => other,
+            })?;
+        }
+        let text = toml::to_string(&table).map_err(|e| RecipeError::Invalid(e.to_string()))?;
+        Self::from_toml(&text, "overrides")
+    }
+
+    /// The recipe as TOML (what a run writes next to its checkpoints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a recipe serializes")
+    }
+
+    /// The BasisNet configuration the recipe trains (the preset with the overrides).
+    pub fn basisnet(&self) -> Result<BasisNetConfig, RecipeError> {
+        let mut config =
+            presets::get(&self.model.preset).map_err(|e| RecipeError::Invalid(e.to_string()))?;
+        if let Some(n) = self.model.num_bases {
+            config.basis.num_bases = n;
+        }
+        if let Some(t) = self.model.temperature {
+            config.temperature = t;
+        }
+        if let Some(p) = self.model.basis_dropout {
+            config.basis_dropout = p;
+        }
+        Ok(config)
+    }
+
+    /// Refuse impossible values before any work starts.
+    pub fn validate(&self) -> Result<(), RecipeError> {
+        let bad = |m: String| Err(RecipeError::Invalid(m));
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad(format!("optim.lr must be > 0, found {}", o.lr));
+        }
+        if o.weight_decay < 0.0 || !(0.0..1.0).contains(&o.momentum) {
+            return bad(format!(
+                "optim.weight_decay must be >= 0 and optim.momentum in [0, 1), found {} and {}",
+                o.weight_decay, o.momentum
+            ));
+        }
+        if !positive(o.eps) || !(0.0..1.0).contains(&o.alpha) {
+            return bad(format!(
+                "optim.eps must be > 0 and optim.alpha in [0, 1), found {} and {}",
+                o.eps, o.alpha
+            ));
+        }
+        let t = &self.train;
+        if t.epochs == 0 || t.batch_size == 0 {
+            return bad(format!(
+                "train.epochs and train.batch_size must be >= 1, found {} and {}",
+                t.epochs, t.batch_size
+            ));
+        }
+        if let Some(d) = t.ema_decay {
+            if !(0.0..1.0).contains(&d) {
+                return bad(format!("train.ema_decay must be in [0, 1), found {d}"));
+            }
+        }
+        let s = &self.schedule;
+        if s.warmup_epochs < 0.0 || s.min_lr < 0.0 || !positive(s.gamma) || !positive(s.step_epochs)
+        {
+            return bad(
+                "schedule: warmup_epochs and min_lr must be >= 0, gamma and step_epochs > 0".into(),
+            );
+        }
+        if self.loss.light_weight < 0.0 || !(0.0..1.0).contains(&self.loss.label_smoothing) {
+            return bad(format!(
+                "loss.light_weight must be >= 0 and loss.label_smoothing in [0, 1), found {} and {}",
+                self.loss.light_weight, self.loss.label_smoothing
+            ));
+        }
+        if self.data.workers == 0 {
+            return bad("data.workers must be >= 1".into());
+        }
+        if let Some(mix) = &self.data.mix {
+            mix.validate()
+                .map_err(|e| RecipeError::Invalid(e.to_string()))?;
+        }
+        self.basisnet()?;
+        Ok(())
+    }
+}
+
+/// Finite and strictly positive.
+fn positive(x: f64) -> bool {
+    x.is_finite() && x > 0.0
+}

@@ -1,0 +1,784 @@
+//! The trainer: joint two-stage loss, checkpoints, resume, metrics, early-exit evaluation.
+//!
+//! A run directory holds `recipe.toml` (the effective recipe), `summary.csv` (one row an
+//! epoch), `metrics.json` (the final evaluation), and checkpoints: `last.*` and `best.*`
+//! (and `epoch-K.*` every `checkpoint_every` epochs), each a set of `.safetensors` files
+//! (weights, EMA weights, optimizer state) and a `.json` trainer state, written
+//! atomically, the JSON last.
+
+use crate::data::{
+    AugmentConfig, Batch, Cifar, CifarVariant, DataError, Dataset, FashionMnist, ImageFolder,
+    Loader, LoaderConfig, Split,
+};
+use crate::optim::{learning_rate, Ema, Optimizer};
+use crate::recipe::{DatasetKind, Recipe, RecipeError};
+use basis_models::{checkpoint, BasisNet, BasisNetConfig, BasisSpec, MobileNet, ModelError};
+use serde::{Deserialize, Serialize};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// What can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The recipe.
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// The data.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// The model or a checkpoint.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A loss that became NaN or infinite; the last good checkpoint is kept.
+    #[error("the loss became {loss} at step {step} (epoch {epoch}); stopped, the last good checkpoint is kept")]
+    NonFinite {
+        /// The loss value.
+        loss: f64,
+        /// Global step.
+        step: i64,
+        /// Epoch (1-based).
+        epoch: usize,
+    },
+    /// A run directory or checkpoint that cannot be used.
+    #[error("{0}")]
+    Run(String),
+    /// Reading or writing run files.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The model a recipe trains: a BasisNet, or its specialist backbone alone (baseline).
+pub enum Model {
+    /// Lightweight model + specialist.
+    BasisNet(Box<BasisNet>),
+    /// The static network of the specialist's architecture.
+    Static(MobileNet),
+}
+
+impl Model {
+    /// Build the model of `recipe` under `path`.
+    pub fn build(path: &nn::Path, recipe: &Recipe) -> Result<Self, TrainError> {
+        let config = recipe.basisnet()?;
+        Ok(if recipe.model.baseline {
+            Model::Static(MobileNet::new(path, config.specialist, BasisSpec::fixed())?)
+        } else {
+            let net = BasisNet::new(path, config)?;
+            if let Some(noise) = recipe.model.basis_noise {
+                let vs = nn::VarStore::new(path.device());
+                let fixed = MobileNet::new(&vs.root(), config.specialist, BasisSpec::fixed())?;
+                net.specialist().seed_from(&fixed, noise)?;
+            }
+            Model::BasisNet(Box::new(net))
+        })
+    }
+
+    /// `(light logits, specialist logits)` for a batch.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        train: bool,
+    ) -> Result<(Option<Tensor>, Tensor), TrainError> {
+        Ok(match self {
+            Model::BasisNet(net) => {
+                let light = match &batch.light_images {
+                    Some(l) => l.shallow_clone(),
+                    None => net.lightweight_input(&batch.images)?,
+                };
+                let out = net.forward_t(&light, &batch.images, train)?;
+                (Some(out.light_logits), out.specialist_logits)
+            }
+            Model::Static(net) => (None, net.forward_t(&batch.images, &[], train)?),
+        })
+    }
+
+    /// `(lightweight stage, everything)` multiply-adds per image.
+    pub fn madds(&self, resolution: i64) -> Result<(i64, i64), TrainError> {
+        Ok(match self {
+            Model::BasisNet(net) => {
+                let p = net.profile();
+                (p.lightweight_stage_madds(), p.total_madds())
+            }
+            Model::Static(net) => {
+                let m = net.profile(resolution)?.total.madds;
+                (0, m)
+            }
+        })
+    }
+}
+
+/// Cross-entropy against soft targets `[B, K]`.
+fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor, TrainError> {
+    Ok(logits
+        .f_log_softmax(-1, Kind::Float)?
+        .f_mul(targets)?
+        .f_sum_dim_intlist(-1, false, Kind::Float)?
+        .f_neg()?
+        .f_mean(Kind::Float)?)
+}
+
+/// Label-smoothed one-hot targets.
+fn smoothed(labels: &Tensor, classes: i64, smoothing: f64) -> Result<Tensor, TrainError> {
+    let off = smoothing / classes as f64;
+    Ok(labels
+        .f_one_hot(classes)?
+        .f_to_kind(Kind::Float)?
+        .f_mul_scalar(1.0 - smoothing)?
+        .f_add_scalar(off)?)
+}
+
+/// Top-1 and top-5 correct counts.
+fn correct(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, i64), TrainError> {
+    let top1 = logits.f_argmax(-1, false)?.f_eq_tensor(labels)?;
+    let k = logits.size()[1].min(5);
+    let (_, idx) = logits.f_topk(k, -1, true, true)?;
+    let top5 = idx
+        .f_eq_tensor(&labels.f_unsqueeze(1)?)?
+        .f_any_dim(1, false)?
+        .f_sum(Kind::Int64)?
+        .f_int64_value(&[])?;
+    Ok((top1, top5))
+}
+
+/// One point of the early-exit curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExitPoint {
+    /// Threshold on the lightweight model's max softmax probability.
+    pub threshold: f64,
+    /// Fraction of images that stop after the lightweight stage.
+    pub exit_rate: f64,
+    /// Top-1 of the decision (lightweight for exited images, specialist for the rest).
+    pub top1: f64,
+    /// Average multiply-adds per image.
+    pub avg_madds: f64,
+}
+
+/// An evaluation of a model on a test set.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Images evaluated.
+    pub images: usize,
+    /// Lightweight model top-1 (BasisNet only).
+    pub light_top1: Option<f64>,
+    /// Lightweight model top-5.
+    pub light_top5: Option<f64>,
+    /// Specialist (or static network) top-1.
+    pub specialist_top1: f64,
+    /// Specialist top-5.
+    pub specialist_top5: f64,
+    /// The EMA weights' specialist top-1, when EMA is on.
+    pub ema_specialist_top1: Option<f64>,
+    /// Early-exit curve (BasisNet only).
+    pub early_exit: Vec<ExitPoint>,
+    /// Multiply-adds of the lightweight stage per image.
+    pub light_madds: i64,
+    /// Multiply-adds of an image through both stages.
+    pub full_madds: i64,
+}
+
+/// Evaluate `model` (and `ema`) on `loader`, with the early-exit curve over `thresholds`.
+pub fn evaluate(
+    model: &Model,
+    ema: Option<&Model>,
+    loader: &Loader,
+    thresholds: &[f64],
+    resolution: i64,
+) -> Result<Evaluation, TrainError> {
+    let _guard = tch::no_grad_guard();
+    let (mut n, mut s1, mut s5, mut l1, mut l5, mut e1) = (0usize, 0i64, 0i64, 0i64, 0i64, 0i64);
+    let mut confidences: Vec<f32> = Vec::new();
+    let mut light_ok: Vec<bool> = Vec::new();
+    let mut special_ok: Vec<bool> = Vec::new();
+    for batch in loader.epoch(0) {
+        let batch = batch?.to_tensors(Device::Cpu)?;
+        let (light, special) = model.forward(&batch, false)?;
+        let (top1, top5) = correct(&special, &batch.labels)?;
+        s1 += top1.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+        s5 += top5;
+        special_ok.extend(Vec::<bool>::try_from(&top1)?);
+        if let Some(light) = light {
+            let (top1, top5) = correct(&light, &batch.labels)?;
+            l1 += top1.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+            l5 += top5;
+            light_ok.extend(Vec::<bool>::try_from(&top1)?);
+            let conf = light
+                .f_softmax(-1, Kind::Float)?
+                .f_amax([-1].as_slice(), false)?;
+            confidences.extend(Vec::<f32>::try_from(&conf)?);
+        }
+        if let Some(ema) = ema {
+            let (_, special) = ema.forward(&batch, false)?;
+            e1 += correct(&special, &batch.labels)?
+                .0
+                .f_sum(Kind::Int64)?
+                .f_int64_value(&[])?;
+        }
+        n += batch.labels.size()[0] as usize;
+    }
+    let frac = |c: i64| c as f64 / n.max(1) as f64;
+    let (light_madds, full_madds) = model.madds(resolution)?;
+    let is_basisnet = matches!(model, Model::BasisNet(_));
+    let early_exit = if is_basisnet {
+        thresholds
+            .iter()
+            .map(|&t| {
+                let exits: Vec<bool> = confidences.iter().map(|&c| f64::from(c) >= t).collect();
+                let rate = exits.iter().filter(|&&e| e).count() as f64 / n.max(1) as f64;
+                let ok = exits
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, &e)| if e { light_ok[i] } else { special_ok[i] })
+                    .count();
+                ExitPoint {
+                    threshold: t,
+                    exit_rate: rate,
+                    top1: ok as f64 / n.max(1) as f64,
+                    avg_madds: light_madds as f64
+                        + (1.0 - rate) * (full_madds - light_madds) as f64,
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Evaluation {
+        images: n,
+        light_top1: is_basisnet.then(|| frac(l1)),
+        light_top5: is_basisnet.then(|| frac(l5)),
+        specialist_top1: frac(s1),
+        specialist_top5: frac(s5),
+        ema_specialist_top1: ema.map(|_| frac(e1)),
+        early_exit,
+        light_madds,
+        full_madds,
+    })
+}
+
+/// The trainer's own state, saved as `<checkpoint>.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: i64,
+    /// Best specialist top-1 so far.
+    pub best_top1: f64,
+    /// The epoch of the best.
+    pub best_epoch: usize,
+    /// The recipe's seed (RNG streams derive from it and the epoch).
+    pub seed: u64,
+}
+
+/// A subset (the first `n` samples) of a dataset.
+struct Head {
+    inner: Arc<dyn Dataset>,
+    n: usize,
+}
+
+impl Dataset for Head {
+    fn len(&self) -> usize {
+        self.n.min(self.inner.len())
+    }
+    fn classes(&self) -> &[String] {
+        self.inner.classes()
+    }
+    fn channels(&self) -> usize {
+        self.inner.channels()
+    }
+    fn get(&self, index: usize) -> Result<crate::data::Sample, DataError> {
+        self.inner.get(index)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+}
+
+/// The default data folder (`BASISNET_DATA_DIR`, else the user cache).
+pub fn default_data_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BASISNET_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    cache.join("basisnet/data")
+}
+
+/// Open the recipe's dataset split.
+pub fn open_dataset(recipe: &Recipe, train: bool) -> Result<Arc<dyn Dataset>, TrainError> {
+    let split = if train { Split::Train } else { Split::Test };
+    let d = &recipe.data;
+    let dir = d.dir.clone().unwrap_or_else(|| {
+        let root = default_data_root();
+        match d.dataset {
+            DatasetKind::FashionMnist => root.join("fashion-mnist"),
+            DatasetKind::Cifar10 => root.join("cifar-10-batches-bin"),
+            DatasetKind::Cifar100 => root.join("cifar-100-binary"),
+            DatasetKind::Folder => root.join("imagenet"),
+        }
+    });
+    let channels = recipe.basisnet()?.specialist.in_channels as usize;
+    let ds: Arc<dyn Dataset> = match d.dataset {
+        DatasetKind::FashionMnist => Arc::new(FashionMnist::open(&dir, split)?),
+        DatasetKind::Cifar10 => Arc::new(Cifar::open(&dir, CifarVariant::Cifar10, split)?),
+        DatasetKind::Cifar100 => Arc::new(Cifar::open(&dir, CifarVariant::Cifar100, split)?),
+        DatasetKind::Folder => Arc::new(ImageFolder::open(
+            &dir.join(if train { "train" } else { "val" }),
+            channels,
+        )?),
+    };
+    if ds.channels() != channels {
+        return Err(TrainError::Run(format!(
+            "the model takes {channels}-channel images, the dataset has {}",
+            ds.channels()
+        )));
+    }
+    let limit = if train { d.limit } else { d.eval_limit };
+    Ok(match limit {
+        Some(n) => Arc::new(Head { inner: ds, n }),
+        None => ds,
+    })
+}
+
+/// Transforms of the recipe with the model's resolutions.
+fn augment(recipe: &Recipe, config: &BasisNetConfig) -> AugmentConfig {
+    AugmentConfig {
+        resolution: config.resolution as u32,
+        light_resolution: (!recipe.model.baseline).then_some(config.lightweight_resolution as u32),
+        ..recipe.data.augment.clone()
+    }
+}
+
+/// A training run in a directory.
+pub struct Run {
+    recipe: Recipe,
+    dir: PathBuf,
+    vs: nn::VarStore,
+    model: Model,
+    ema: Option<(nn::VarStore, Model, Ema)>,
+    optimizer: Optimizer,
+    state: TrainerState,
+    train: Loader,
+    test: Loader,
+    resolution: i64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The last evaluation (with the early-exit curve).
+    pub evaluation: Evaluation,
+    /// The trainer state at the end.
+    pub state: TrainerState,
+    /// Wall-clock seconds of training (evaluation excluded).
+    pub train_seconds: f64,
+}
+
+impl Run {
+    /// A new run of `recipe` in `dir` (created; refused when it already holds a run).
+    pub fn new(recipe: Recipe, dir: &Path) -> Result<Self, TrainError> {
+        recipe.validate()?;
+        if dir.join("last.json").exists() {
+            return Err(TrainError::Run(format!(
+                "{} already holds a run; resume it with --resume or choose another directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let run = Self::build(recipe, dir)?;
+        let recipe_path = dir.join("recipe.toml");
+        std::fs::write(&recipe_path, run.recipe.to_toml()).map_err(io(&recipe_path))?;
+        Ok(run)
+    }
+
+    /// Resume the run in `dir` from its `last` checkpoint.
+    pub fn resume(dir: &Path) -> Result<Self, TrainError> {
+        let recipe = Recipe::load(&dir.join("recipe.toml").display().to_string())?;
+        let mut run = Self::build(recipe, dir)?;
+        let state_path = dir.join("last.json");
+        let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+        run.state = serde_json::from_str(&text).map_err(|e| {
+            TrainError::Run(format!(
+                "{}: not a trainer state ({e})",
+                state_path.display()
+            ))
+        })?;
+        checkpoint::load(&run.vs, &dir.join("last.safetensors"))?;
+        if let Some((ema_vs, _, _)) = &run.ema {
+            checkpoint::load(ema_vs, &dir.join("last-ema.safetensors"))?;
+        }
+        let (optim, _) = checkpoint::read(&dir.join("last-optim.safetensors"))?;
+        run.optimizer.load_state(&optim).map_err(|e| {
+            TrainError::Run(format!(
+                "{}: {e}",
+                dir.join("last-optim.safetensors").display()
+            ))
+        })?;
+        Ok(run)
+    }
+
+    fn build(recipe: Recipe, dir: &Path) -> Result<Self, TrainError> {
+        if recipe.train.threads > 0 {
+            tch::set_num_threads(recipe.train.threads as i32);
+        }
+        tch::manual_seed(recipe.train.seed as i64);
+        let config = recipe.basisnet()?;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Model::build(&vs.root(), &recipe)?;
+        let ema = match recipe.train.ema_decay {
+            Some(decay) => {
+                let ema_vs = nn::VarStore::new(Device::Cpu);
+                let ema_model = Model::build(&ema_vs.root(), &recipe)?;
+                let ema = Ema::new(&vs, &ema_vs, decay).map_err(TrainError::Run)?;
+                Some((ema_vs, ema_model, ema))
+            }
+            None => None,
+        };
+        let optimizer = Optimizer::new(&vs, recipe.optim.clone());
+        let aug = augment(&recipe, &config);
+        let loader_config = LoaderConfig {
+            batch_size: recipe.train.batch_size,
+            workers: recipe.data.workers,
+            seed: recipe.train.seed,
+            strict: recipe.data.strict,
+            drop_last: true,
+            ..LoaderConfig::default()
+        };
+        let mut train = Loader::new(
+            open_dataset(&recipe, true)?,
+            aug.clone(),
+            true,
+            loader_config.clone(),
+        )?;
+        if let Some(mix) = &recipe.data.mix {
+            train = train.with_mix(mix.clone())?;
+        }
+        let test = Loader::new(
+            open_dataset(&recipe, false)?,
+            aug,
+            false,
+            LoaderConfig {
+                shuffle: false,
+                drop_last: false,
+                batch_size: recipe.train.batch_size.max(256),
+                ..loader_config
+            },
+        )?;
+        let state = TrainerState {
+            epoch: 0,
+            step: 0,
+            best_top1: -1.0,
+            best_epoch: 0,
+            seed: recipe.train.seed,
+        };
+        Ok(Self {
+            resolution: config.resolution,
+            recipe,
+            dir: dir.to_path_buf(),
+            vs,
+            model,
+            ema,
+            optimizer,
+            state,
+            train,
+            test,
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The variables of the model.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Train up to `recipe.train.epochs`, evaluating and checkpointing every epoch.
+    pub fn train(&mut self) -> Result<RunSummary, TrainError> {
+        self.train_until(self.recipe.train.epochs)
+    }
+
+    /// Train up to epoch `stop` (at most the recipe's epochs) and stop there, as if
+    /// interrupted at that epoch boundary; [`Run::resume`] continues.
+    pub fn train_until(&mut self, stop: usize) -> Result<RunSummary, TrainError> {
+        let epochs = self.recipe.train.epochs;
+        let stop = stop.min(epochs);
+        let steps_per_epoch = self.train.num_batches().max(1);
+        let mut train_seconds = 0.0;
+        let mut evaluation = Evaluation::default();
+        let tty = std::io::stderr().is_terminal();
+        if self.state.epoch >= stop {
+            evaluation = self.evaluate()?;
+        }
+        while self.state.epoch < stop {
+            let epoch = self.state.epoch;
+            // Every random stream of an epoch derives from (seed, epoch): a run resumed
+            // at an epoch boundary continues exactly as one that never stopped.
+            tch::manual_seed(
+                (self.recipe.train.seed as i64).wrapping_mul(1_000_003) + epoch as i64,
+            );
+            let start = Instant::now();
+            let (mut loss_sum, mut seen) = (0.0, 0usize);
+            let mut lr = 0.0;
+            let mut batches = self.train.epoch(epoch as u64);
+            for (i, batch) in batches.by_ref().enumerate() {
+                let batch = batch?.to_tensors(Device::Cpu)?;
+                lr = learning_rate(
+                    &self.recipe.schedule,
+                    self.recipe.optim.lr,
+                    epochs,
+                    epoch as f64 + i as f64 / steps_per_epoch as f64,
+                );
+                let loss = self.loss(&batch)?;
+                let value = loss.f_double_value(&[])?;
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        loss: value,
+                        step: self.optimizer.steps() + 1,
+                        epoch: epoch + 1,
+                    });
+                }
+                self.optimizer.zero_grad();
+                loss.f_backward()?;
+                self.optimizer.step(lr);
+                if let Some((_, _, ema)) = &self.ema {
+                    ema.update();
+                }
+                let n = batch.labels.size()[0] as usize;
+                loss_sum += value * n as f64;
+                seen += n;
+                self.progress(
+                    tty,
+                    epoch,
+                    i + 1,
+                    steps_per_epoch,
+                    seen,
+                    start,
+                    loss_sum / seen as f64,
+                    lr,
+                );
+            }
+            if let Some(summary) = batches.report().summary() {
+                eprintln!("epoch {}: {summary}", epoch + 1);
+            }
+            drop(batches);
+            if tty {
+                eprintln!();
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            train_seconds += seconds;
+            self.state.epoch += 1;
+            self.state.step = self.optimizer.steps();
+            evaluation = self.evaluate()?;
+            let improved = evaluation.specialist_top1 > self.state.best_top1;
+            if improved {
+                self.state.best_top1 = evaluation.specialist_top1;
+                self.state.best_epoch = self.state.epoch;
+            }
+            self.append_summary(lr, loss_sum / seen.max(1) as f64, &evaluation, seconds)?;
+            eprintln!(
+                "epoch {}/{epochs}: loss {:.4}, {}specialist top-1 {:.2}%, {:.0} images/s",
+                self.state.epoch,
+                loss_sum / seen.max(1) as f64,
+                evaluation
+                    .light_top1
+                    .map(|l| format!("light top-1 {:.2}%, ", 100.0 * l))
+                    .unwrap_or_default(),
+                100.0 * evaluation.specialist_top1,
+                seen as f64 / seconds
+            );
+            self.save_checkpoint("last")?;
+            if improved {
+                self.save_checkpoint("best")?;
+            }
+            let every = self.recipe.train.checkpoint_every;
+            if every > 0 && self.state.epoch % every == 0 {
+                self.save_checkpoint(&format!("epoch-{}", self.state.epoch))?;
+            }
+        }
+        let metrics_path = self.dir.join("metrics.json");
+        let summary = RunSummary {
+            dir: self.dir.clone(),
+            evaluation,
+            state: self.state.clone(),
+            train_seconds,
+        };
+        let json = serde_json::json!({
+            "light_top1": summary.evaluation.light_top1,
+            "light_top5": summary.evaluation.light_top5,
+            "specialist_top1": summary.evaluation.specialist_top1,
+            "specialist_top5": summary.evaluation.specialist_top5,
+            "ema_specialist_top1": summary.evaluation.ema_specialist_top1,
+            "early_exit": summary.evaluation.early_exit,
+            "light_madds": summary.evaluation.light_madds,
+            "full_madds": summary.evaluation.full_madds,
+            "images": summary.evaluation.images,
+            "epochs": summary.state.epoch,
+            "best_top1": summary.state.best_top1,
+            "best_epoch": summary.state.best_epoch,
+            "train_seconds": summary.train_seconds,
+        });
+        write_atomic(
+            &metrics_path,
+            serde_json::to_string_pretty(&json)
+                .unwrap_or_default()
+                .as_bytes(),
+        )?;
+        Ok(summary)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn progress(
+        &self,
+        tty: bool,
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        seen: usize,
+        start: Instant,
+        loss: f64,
+        lr: f64,
+    ) {
+        let elapsed = start.elapsed().as_secs_f64();
+        let rate = seen as f64 / elapsed.max(1e-9);
+        let eta = (steps - step) as f64 * elapsed / step as f64;
+        let line = format!(
+            "epoch {}/{} [{step}/{steps}] loss {loss:.4} lr {lr:.2e} {rate:.0} images/s eta {eta:.0}s",
+            epoch + 1,
+            self.recipe.train.epochs
+        );
+        if tty {
+            let width = 30;
+            let filled = width * step / steps;
+            eprint!(
+                "\r[{}{}] {line}   ",
+                "#".repeat(filled),
+                "-".repeat(width - filled)
+            );
+            let _ = std::io::stderr().flush();
+        } else if step % self.recipe.train.log_every.max(1) == 0 || step == steps {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The joint loss of a batch.
+    fn loss(&self, batch: &Batch) -> Result<Tensor, TrainError> {
+        let (light, special) = self.model.forward(batch, true)?;
+        let classes = special.size()[1];
+        let targets = match &batch.targets {
+            Some(t) => t.shallow_clone(),
+            None => smoothed(&batch.labels, classes, self.recipe.loss.label_smoothing)?,
+        };
+        let mut loss = soft_cross_entropy(&special, &targets)?;
+        if let Some(light) = light {
+            loss = loss.f_add(
+                &soft_cross_entropy(&light, &targets)?
+                    .f_mul_scalar(self.recipe.loss.light_weight)?,
+            )?;
+        }
+        Ok(loss)
+    }
+
+    fn evaluate(&self) -> Result<Evaluation, TrainError> {
+        evaluate(
+            &self.model,
+            self.ema.as_ref().map(|(_, m, _)| m),
+            &self.test,
+            &self.recipe.train.exit_thresholds,
+            self.resolution,
+        )
+    }
+
+    fn append_summary(
+        &self,
+        lr: f64,
+        loss: f64,
+        e: &Evaluation,
+        seconds: f64,
+    ) -> Result<(), TrainError> {
+        let path = self.dir.join("summary.csv");
+        let header = "epoch,lr,train_loss,light_top1,light_top5,specialist_top1,specialist_top5,ema_specialist_top1,seconds\n";
+        let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| header.to_string());
+        // A resumed run rewrites rows of epochs it trains again.
+        let keep: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|e| e.parse::<usize>().ok())
+                    .is_none_or(|ep| ep < self.state.epoch)
+            })
+            .collect();
+        text = keep.join("\n") + "\n";
+        let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+        text += &format!(
+            "{},{lr:.6e},{loss:.6},{},{},{:.6},{:.6},{},{seconds:.1}\n",
+            self.state.epoch,
+            opt(e.light_top1),
+            opt(e.light_top5),
+            e.specialist_top1,
+            e.specialist_top5,
+            opt(e.ema_specialist_top1),
+        );
+        write_atomic(&path, text.as_bytes())
+    }
+
+    fn save_checkpoint(&self, name: &str) -> Result<(), TrainError> {
+        let meta = checkpoint::Metadata::from([("recipe".to_string(), self.recipe.to_toml())]);
+        let weights: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        checkpoint::write(
+            &self.dir.join(format!("{name}.safetensors")),
+            &weights,
+            &meta,
+        )?;
+        if let Some((ema_vs, _, _)) = &self.ema {
+            let ema: Vec<(String, Tensor)> = ema_vs.variables().into_iter().collect();
+            checkpoint::write(
+                &self.dir.join(format!("{name}-ema.safetensors")),
+                &ema,
+                &meta,
+            )?;
+        }
+        checkpoint::write(
+            &self.dir.join(format!("{name}-optim.safetensors")),
+            &self.optimizer.state_tensors(),
+            &meta,
+        )?;
+        let state = serde_json::to_string_pretty(&self.state).unwrap_or_default();
+        write_atomic(&self.dir.join(format!("{name}.json")), state.as_bytes())
+    }
+}
+
+/// Write through a temporary file, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let tmp = path.with_extension("tmp");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(io(path))
+}

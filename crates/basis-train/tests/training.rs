@@ -1,0 +1,334 @@
+//! Recipes, optimizers against references, schedules, resume and non-finite losses.
+
+mod common;
+
+use basis_train::optim::{learning_rate, Optimizer};
+use basis_train::recipe::{OptimSection, OptimizerKind, ScheduleKind, ScheduleSection};
+use basis_train::{Recipe, Run, TrainError};
+use tch::nn::OptimizerConfig;
+use tch::{nn, Device, Kind, Tensor};
+
+#[test]
+fn recipe_errors_name_the_key_and_the_line() {
+    let dir = common::scratch("recipe-errors");
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[model]\npreset = \"basisnet-fashion\"\n\n[train]\nepochz = 3\n",
+    )
+    .unwrap();
+    let err = Recipe::load(file.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 5") && err.contains("epochz"), "{err}");
+    std::fs::write(&file, "[train]\nepochs = \"three\"\n").unwrap();
+    let err = Recipe::load(file.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("line 2") && err.contains("epochs"), "{err}");
+    let base = Recipe::load("fashion-quick").unwrap();
+    let err = base
+        .with_overrides(&["train.epochz=3".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--set train.epochz=3: key train.epochz: "),
+        "{err}"
+    );
+    let err = base
+        .with_overrides(&["train.epochs".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected key=value"), "{err}");
+    // Overrides of every type land where they belong.
+    let r = base
+        .with_overrides(&[
+            "train.epochs=7".into(),
+            "optim.name=\"sgd\"".into(),
+            "optim.lr=0.5".into(),
+            "data.augment.rand_augment=[2, 9]".into(),
+            "model.preset=basisnet-fashion-mv2".into(),
+        ])
+        .unwrap();
+    assert_eq!(r.train.epochs, 7);
+    assert_eq!(r.optim.name, OptimizerKind::Sgd);
+    assert_eq!(r.data.augment.rand_augment, Some([2, 9]));
+    assert_eq!(r.model.preset, "basisnet-fashion-mv2");
+    // Impossible values are refused before any work.
+    for (set, message) in [
+        ("optim.lr=-0.1", "optim.lr must be > 0, found -0.1"),
+        ("train.batch_size=0", "train.batch_size must be >= 1"),
+        ("model.preset=\"resnet\"", "unknown preset \"resnet\""),
+        ("train.ema_decay=1.5", "train.ema_decay must be in [0, 1)"),
+    ] {
+        let err = base
+            .with_overrides(&[set.into()])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(message), "{set}: {err}");
+    }
+    // The shipped recipes are valid, and a recipe round-trips through TOML.
+    for name in ["fashion-quick", "imagenet-basisnet-mv3"] {
+        let r = Recipe::load(name).unwrap();
+        r.validate().unwrap();
+        assert_eq!(Recipe::from_toml(&r.to_toml(), name).unwrap(), r);
+    }
+}
+
+#[test]
+fn schedules_warm_up_then_decay() {
+    let s = ScheduleSection {
+        kind: ScheduleKind::Cosine,
+        warmup_epochs: 1.0,
+        warmup_lr: 0.0,
+        min_lr: 0.0,
+        ..ScheduleSection::default()
+    };
+    assert_eq!(learning_rate(&s, 1.0, 11, 0.5), 0.5);
+    assert!((learning_rate(&s, 1.0, 11, 1.0) - 1.0).abs() < 1e-12);
+    assert!((learning_rate(&s, 1.0, 11, 6.0) - 0.5).abs() < 1e-12);
+    assert!(learning_rate(&s, 1.0, 11, 11.0).abs() < 1e-12);
+    let step = ScheduleSection {
+        kind: ScheduleKind::Step,
+        warmup_epochs: 0.0,
+        step_epochs: 2.0,
+        gamma: 0.5,
+        ..ScheduleSection::default()
+    };
+    assert_eq!(learning_rate(&step, 1.0, 10, 3.9), 0.5);
+    assert_eq!(learning_rate(&step, 1.0, 10, 4.0), 0.25);
+    let exp = ScheduleSection {
+        kind: ScheduleKind::Exponential,
+        gamma: 0.9,
+        ..step
+    };
+    assert!((learning_rate(&exp, 1.0, 10, 2.0) - 0.81).abs() < 1e-12);
+}
+
+/// A small problem: two layers, a fixed batch.
+fn problem(vs: &nn::VarStore) -> impl Fn() -> Tensor {
+    tch::manual_seed(0);
+    let root = vs.root();
+    let w1 = (&root / "layer").randn("weight", &[8, 5], 0.0, 0.5);
+    let b1 = (&root / "layer").randn("bias", &[8], 0.0, 0.5);
+    let w2 = (&root / "head").randn("weight", &[3, 8], 0.0, 0.5);
+    let x = Tensor::randn([16, 5], (Kind::Float, Device::Cpu));
+    let y = Tensor::randint(3, [16], (Kind::Int64, Device::Cpu));
+    move || {
+        x.linear(&w1, Some(&b1))
+            .tanh()
+            .linear::<Tensor>(&w2, None)
+            .cross_entropy_for_logits(&y)
+    }
+}
+
+fn weights(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(k, t)| (k, t.copy()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn sgd_and_adamw_match_libtorch() {
+    let _turn = serial();
+    for (kind, lr) in [(OptimizerKind::Sgd, 0.1), (OptimizerKind::Adamw, 0.01)] {
+        let ours_vs = nn::VarStore::new(Device::Cpu);
+        let loss = problem(&ours_vs);
+        let config = OptimSection {
+            name: kind,
+            lr,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 0.01,
+            decay_norm_and_bias: true,
+            eps: 1e-8,
+            ..OptimSection::default()
+        };
+        let mut ours = Optimizer::new(&ours_vs, config);
+        let ref_vs = nn::VarStore::new(Device::Cpu);
+        let ref_loss = problem(&ref_vs);
+        let mut reference = match kind {
+            OptimizerKind::Sgd => nn::Sgd {
+                momentum: 0.9,
+                dampening: 0.0,
+                wd: 0.01,
+                nesterov: true,
+            }
+            .build(&ref_vs, lr)
+            .unwrap(),
+            _ => nn::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                wd: 0.01,
+                eps: 1e-8,
+                amsgrad: false,
+            }
+            .build(&ref_vs, lr)
+            .unwrap(),
+        };
+        for _ in 0..5 {
+            ours.zero_grad();
+            loss().backward();
+            ours.step(lr);
+            reference.backward_step(&ref_loss());
+        }
+        for ((name, a), (_, b)) in weights(&ours_vs).iter().zip(weights(&ref_vs)) {
+            let d = (a - &b).abs().max().double_value(&[]);
+            assert!(d < 1e-6, "{kind:?} {name}: {d:e}");
+        }
+    }
+}
+
+#[test]
+fn rmsprop_is_tensorflows() {
+    let _turn = serial();
+    // One scalar parameter, loss = p^2 / 2 (gradient p), by hand.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let p = vs.root().var_copy("p", &Tensor::from(2.0f32));
+    let config = OptimSection {
+        name: OptimizerKind::Rmsprop,
+        momentum: 0.9,
+        alpha: 0.9,
+        eps: 1e-3,
+        weight_decay: 0.0,
+        ..OptimSection::default()
+    };
+    let mut opt = Optimizer::new(&vs, config);
+    let (mut value, mut sq, mut buf) = (2.0f64, 1.0f64, 0.0f64);
+    for _ in 0..3 {
+        opt.zero_grad();
+        (&p * &p * 0.5).backward();
+        opt.step(0.1);
+        let g = value;
+        sq = 0.9 * sq + 0.1 * g * g;
+        buf = 0.9 * buf + 0.1 * g / (sq + 1e-3).sqrt();
+        value -= buf;
+        assert!(
+            (p.double_value(&[]) - value).abs() < 1e-5,
+            "{} vs {value}",
+            p.double_value(&[])
+        );
+    }
+    // The state survives a round trip.
+    let state: std::collections::BTreeMap<String, Tensor> =
+        opt.state_tensors().into_iter().collect();
+    let mut again = Optimizer::new(&vs, opt_config_rms());
+    again.load_state(&state).unwrap();
+    assert_eq!(again.steps(), 3);
+}
+
+fn opt_config_rms() -> OptimSection {
+    OptimSection {
+        name: OptimizerKind::Rmsprop,
+        ..OptimSection::default()
+    }
+}
+
+/// libtorch's RNG is global and the tests of a file run on parallel threads: runs and
+/// seeded problems take turns, so each is reproducible.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tiny(extra: &[&str]) -> Recipe {
+    let mut sets: Vec<String> = [
+        "data.limit=96",
+        "data.eval_limit=64",
+        "train.batch_size=32",
+        "train.epochs=2",
+        "train.ema_decay=0.9",
+        "train.log_every=1000",
+        "data.workers=2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let mut r = Recipe::load("fashion-quick")
+        .unwrap()
+        .with_overrides(&sets)
+        .unwrap();
+    r.data.dir = Some(common::prepared("fashion-mnist"));
+    r
+}
+
+fn read_weights(path: &std::path::Path) -> std::collections::BTreeMap<String, Tensor> {
+    basis_models::checkpoint::read(path).unwrap().0
+}
+
+#[test]
+fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
+    let _turn = serial();
+    let straight = common::scratch("run-straight");
+    Run::new(tiny(&[]), &straight).unwrap().train().unwrap();
+    let stopped = common::scratch("run-stopped");
+    Run::new(tiny(&[]), &stopped)
+        .unwrap()
+        .train_until(1)
+        .unwrap();
+    assert!(std::fs::read_to_string(stopped.join("last.json"))
+        .unwrap()
+        .contains("\"epoch\": 1"));
+    let summary = Run::resume(&stopped).unwrap().train().unwrap();
+    assert_eq!(summary.state.epoch, 2);
+    for file in [
+        "last.safetensors",
+        "last-ema.safetensors",
+        "last-optim.safetensors",
+    ] {
+        let (a, b) = (
+            read_weights(&straight.join(file)),
+            read_weights(&stopped.join(file)),
+        );
+        assert_eq!(a.len(), b.len());
+        for (name, t) in &a {
+            assert!(t.equal(&b[name]), "{file}: {name} differs after resume");
+        }
+    }
+    // Outputs of a run: the recipe, two summary rows, metrics with the early-exit curve.
+    let csv = std::fs::read_to_string(stopped.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stopped.join("metrics.json")).unwrap())
+            .unwrap();
+    assert!(metrics["light_top1"].is_number() && metrics["ema_specialist_top1"].is_number());
+    assert_eq!(metrics["early_exit"].as_array().unwrap().len(), 8);
+    assert!(stopped.join("recipe.toml").exists());
+    // A directory that holds a run is not overwritten.
+    let err = Run::new(tiny(&[]), &stopped).err().unwrap().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let _turn = serial();
+    let dir = common::scratch("run-nan");
+    Run::new(tiny(&["train.ema_decay=0.0"]), &dir)
+        .unwrap()
+        .train_until(1)
+        .unwrap();
+    let before = std::fs::read(dir.join("last.safetensors")).unwrap();
+    // The same run, continued with an absurd learning rate.
+    let recipe = std::fs::read_to_string(dir.join("recipe.toml")).unwrap();
+    let recipe = recipe
+        .replace("lr = 0.004", "lr = 1e30")
+        .replace("name = \"adamw\"", "name = \"sgd\"");
+    std::fs::write(dir.join("recipe.toml"), recipe).unwrap();
+    let err = Run::resume(&dir).unwrap().train().unwrap_err();
+    match &err {
+        TrainError::NonFinite { step, epoch, .. } => {
+            assert_eq!(*epoch, 2);
+            assert!(*step > 3, "{step}");
+        }
+        other => panic!("expected a non-finite loss, got {other}"),
+    }
+    assert!(err.to_string().contains("the last good checkpoint is kept"));
+    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+}
