@@ -1,5 +1,6 @@
 //! `basisnet`: the command line of basisnet-rs.
 
+mod deploy;
 mod profile;
 mod train;
 
@@ -23,6 +24,12 @@ enum Command {
     Train(train::TrainArgs),
     /// Accuracy of a run's lightweight model and specialist, and the early-exit curve.
     Eval(train::EvalArgs),
+    /// Classify images: top-5 with class names, which stage decided, MAdds spent.
+    Predict(deploy::PredictArgs),
+    /// Bake one coefficient vector into a static, torchvision-loadable network.
+    Specialize(deploy::SpecializeArgs),
+    /// Pick the early-exit threshold for an accuracy drop or a MAdds budget.
+    Calibrate(deploy::CalibrateArgs),
     /// Per-layer parameters and multiply-adds of a backbone or a BasisNet preset.
     Profile(profile::ProfileArgs),
 }
@@ -33,6 +40,9 @@ fn main() {
         Command::Profile(args) => profile::run(&args),
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
+        Command::Predict(args) => deploy::predict(&args),
+        Command::Specialize(args) => deploy::specialize(&args),
+        Command::Calibrate(args) => deploy::calibrate(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

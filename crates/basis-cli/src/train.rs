@@ -101,36 +101,21 @@ pub struct EvalArgs {
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let dir = &args.checkpoint;
-    let recipe_path = dir.join("recipe.toml");
-    if !recipe_path.exists() {
-        bail!("{} is not a run directory (no recipe.toml)", dir.display());
-    }
-    if args.which != "best" && args.which != "last" {
-        bail!("--which is best or last, not {:?}", args.which);
-    }
-    let recipe = Recipe::load(&recipe_path.display().to_string())?;
-    let vs = nn::VarStore::new(tch::Device::Cpu);
-    let model = Model::build(&vs.root(), &recipe)?;
-    basis_models::checkpoint::load(&vs, &dir.join(format!("{}.safetensors", args.which)))?;
+    let run = crate::deploy::load_run(dir, &args.which)?;
+    let (recipe, model) = (&run.recipe, &run.model);
     let ema_path = dir.join(format!("{}-ema.safetensors", args.which));
     let ema_vs = nn::VarStore::new(tch::Device::Cpu);
     let ema = if ema_path.exists() {
-        let m = Model::build(&ema_vs.root(), &recipe)?;
+        let m = Model::build(&ema_vs.root(), recipe)?;
         basis_models::checkpoint::load(&ema_vs, &ema_path)?;
         Some(m)
     } else {
         None
     };
     let config = recipe.basisnet()?;
-    let test = trainer::open_dataset(&recipe, false)?;
-    let augment = basis_train::data::AugmentConfig {
-        resolution: config.resolution as u32,
-        light_resolution: (!recipe.model.baseline).then_some(config.lightweight_resolution as u32),
-        ..recipe.data.augment.clone()
-    };
     let loader = basis_train::data::Loader::new(
-        test,
-        augment,
+        trainer::open_dataset(recipe, false)?,
+        crate::deploy::eval_augment(recipe)?,
         false,
         basis_train::data::LoaderConfig {
             batch_size: 256,
@@ -144,7 +129,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         .clone()
         .unwrap_or(recipe.train.exit_thresholds.clone());
     let e = evaluate(
-        &model,
+        model,
         ema.as_ref(),
         &loader,
         &thresholds,

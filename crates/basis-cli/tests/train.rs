@@ -54,6 +54,71 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
     let (ok, csv, _) = basisnet(&["eval", "--checkpoint", d, "--csv"]);
     assert!(ok && csv.starts_with("threshold,exit_rate,top1,avg_madds\n"));
 
+    // predict: top-5 with class names, the deciding stage, MAdds; one clear error for a
+    // file that is not an image.
+    let data = basis_train::trainer::default_data_root().join("foolbox/cifar10/val");
+    let class_dir = std::fs::read_dir(&data)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let png = std::fs::read_dir(&class_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let p = png.to_str().unwrap();
+    let (ok, out, err) = basisnet(&["predict", "--checkpoint", d, "--json", p, p]);
+    assert!(ok, "{err}");
+    let preds: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(preds.as_array().unwrap().len(), 2);
+    assert_eq!(preds[0]["top5"].as_array().unwrap().len(), 5);
+    assert!(preds[0]["top5"][0]["name"].is_string());
+    assert!(preds[0]["madds"].as_i64().unwrap() > 0);
+    let (ok, _, err) = basisnet(&["predict", "--checkpoint", d, "/nonexistent.png"]);
+    assert!(!ok && err.contains("/nonexistent.png"), "{err}");
+    // specialize: a static network file, never overwritten.
+    let baked = dir.join("baked.safetensors");
+    let b = baked.to_str().unwrap();
+    let (ok, out, err) = basisnet(&[
+        "specialize",
+        "--checkpoint",
+        d,
+        "--coefficients",
+        "0.4,0.3,0.2,0.1",
+        "--out",
+        b,
+    ]);
+    assert!(ok && out.starts_with("wrote "), "{err}");
+    let (tensors, _) = basis_models::checkpoint::read(&baked).unwrap();
+    assert_eq!(tensors["features.0.0.weight"].size(), [16, 1, 3, 3]);
+    let (ok, _, err) = basisnet(&["specialize", "--checkpoint", d, "--image", p, "--out", b]);
+    assert!(!ok && err.contains("exists"), "{err}");
+    let (ok, _, err) = basisnet(&[
+        "specialize",
+        "--checkpoint",
+        d,
+        "--coefficients",
+        "1,0",
+        "--out",
+        "/tmp/never.safetensors",
+    ]);
+    assert!(!ok && err.contains("reads 1 vector(s) of 4"), "{err}");
+    // calibrate: a threshold for a target drop.
+    let (ok, out, err) = basisnet(&[
+        "calibrate",
+        "--checkpoint",
+        d,
+        "--max-drop",
+        "0.01",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let c: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(c["top1"].as_f64().unwrap() >= c["specialist_top1"].as_f64().unwrap() - 0.01);
+
     // Training into a run directory again is refused, and nothing is overwritten.
     let before = std::fs::read(dir.join("last.safetensors")).unwrap();
     let (ok, _, err) = basisnet(&["train", "--recipe", "fashion-quick", "--out", d]);
