@@ -128,13 +128,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         .thresholds
         .clone()
         .unwrap_or(recipe.train.exit_thresholds.clone());
-    let e = evaluate(
-        model,
-        ema.as_ref(),
-        &loader,
-        &thresholds,
-        config.resolution,
-    )?;
+    let e = evaluate(model, ema.as_ref(), &loader, &thresholds, config.resolution)?;
     if args.csv {
         println!("threshold,exit_rate,top1,avg_madds");
         for p in &e.early_exit {
