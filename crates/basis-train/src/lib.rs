@@ -25,6 +25,7 @@
 
 pub mod data;
 pub mod optim;
+pub mod plot;
 pub mod recipe;
 pub mod trainer;
 

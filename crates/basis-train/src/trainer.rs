@@ -646,6 +646,10 @@ impl Run {
                 .unwrap_or_default()
                 .as_bytes(),
         )?;
+        if !summary.evaluation.early_exit.is_empty() {
+            let svg = crate::plot::early_exit_curve(&summary.evaluation.early_exit);
+            write_atomic(&self.dir.join("early_exit.svg"), svg.as_bytes())?;
+        }
         Ok(summary)
     }
 
@@ -742,7 +746,9 @@ impl Run {
             e.specialist_top5,
             opt(e.ema_specialist_top1),
         );
-        write_atomic(&path, text.as_bytes())
+        write_atomic(&path, text.as_bytes())?;
+        let curves = crate::plot::training_curves(&text);
+        write_atomic(&self.dir.join("curves.svg"), curves.as_bytes())
     }
 
     fn save_checkpoint(&self, name: &str) -> Result<(), TrainError> {

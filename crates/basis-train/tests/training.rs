@@ -301,6 +301,24 @@ fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
     assert!(metrics["light_top1"].is_number() && metrics["ema_specialist_top1"].is_number());
     assert_eq!(metrics["early_exit"].as_array().unwrap().len(), 8);
     assert!(stopped.join("recipe.toml").exists());
+    // Plots: curves of both epochs, the early-exit sweep.
+    let curves = std::fs::read_to_string(stopped.join("curves.svg")).unwrap();
+    assert!(
+        curves.starts_with("<svg")
+            && curves.contains(">specialist<")
+            && curves.contains(">lightweight<")
+    );
+    assert_eq!(
+        curves.matches("<polyline").count(),
+        3,
+        "light, specialist, EMA"
+    );
+    let exit = std::fs::read_to_string(stopped.join("early_exit.svg")).unwrap();
+    assert_eq!(
+        exit.matches("<circle").count(),
+        8,
+        "one marker per threshold"
+    );
     // A directory that holds a run is not overwritten.
     let err = Run::new(tiny(&[]), &stopped).err().unwrap().to_string();
     assert!(err.contains("already holds a run"), "{err}");
