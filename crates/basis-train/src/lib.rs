@@ -31,5 +31,6 @@ pub mod trainer;
 
 pub use recipe::{Recipe, RecipeError};
 pub use trainer::{
-    evaluate, Evaluation, ExitPoint, Model, Run, RunSummary, TrainError, TrainerState,
+    distillation, evaluate, Evaluation, ExitPoint, Model, Run, RunSummary, Teacher, TrainError,
+    TrainerState,
 };

@@ -126,6 +126,15 @@ pub struct LossSection {
     pub light_weight: f64,
     /// Label smoothing (ignored when mixup makes soft targets, which carry their own).
     pub label_smoothing: f64,
+    /// Knowledge distillation: a teacher, either a run directory of ours (its `best`
+    /// weights) or a TorchScript module file (`.pt`, `.ts`) taking the full-resolution
+    /// images and returning logits.
+    pub teacher: Option<PathBuf>,
+    /// Weight of the distillation term `T^2 * KL(teacher_T || student_T)`, added for the
+    /// specialist and (times `light_weight`) the lightweight model.
+    pub distill_weight: f64,
+    /// Softmax temperature `T` of distillation.
+    pub distill_temperature: f64,
 }
 
 impl Default for LossSection {
@@ -133,6 +142,9 @@ impl Default for LossSection {
         Self {
             light_weight: 1.0,
             label_smoothing: 0.1,
+            teacher: None,
+            distill_weight: 1.0,
+            distill_temperature: 4.0,
         }
     }
 }
@@ -429,6 +441,17 @@ impl Recipe {
                 "loss.light_weight must be >= 0 and loss.label_smoothing in [0, 1), found {} and {}",
                 self.loss.light_weight, self.loss.label_smoothing
             ));
+        }
+        if self.loss.distill_weight < 0.0 || !positive(self.loss.distill_temperature) {
+            return bad(format!(
+                "loss.distill_weight must be >= 0 and loss.distill_temperature > 0, found {} and {}",
+                self.loss.distill_weight, self.loss.distill_temperature
+            ));
+        }
+        if let Some(t) = &self.loss.teacher {
+            if !t.exists() {
+                return bad(format!("loss.teacher {} does not exist", t.display()));
+            }
         }
         if self.data.workers == 0 {
             return bad("data.workers must be >= 1".into());

@@ -124,6 +124,70 @@ impl Model {
     }
 }
 
+/// A distillation teacher: one of our runs, or a TorchScript module.
+pub enum Teacher {
+    /// A run of ours (its `best` weights), built from its own recipe.
+    Run(Box<Model>, nn::VarStore),
+    /// A TorchScript module: `forward(images) -> logits`.
+    Script(tch::CModule),
+}
+
+impl Teacher {
+    /// Load a run directory or a TorchScript file.
+    pub fn load(path: &Path) -> Result<Self, TrainError> {
+        if path.is_dir() {
+            let recipe = Recipe::load(&path.join("recipe.toml").display().to_string())?;
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = Model::build(&vs.root(), &recipe)?;
+            checkpoint::load(&vs, &path.join("best.safetensors"))?;
+            Ok(Teacher::Run(Box::new(model), vs))
+        } else {
+            let mut module = tch::CModule::load(path).map_err(|e| {
+                TrainError::Run(format!(
+                    "{}: not a run directory nor a TorchScript module ({e})",
+                    path.display()
+                ))
+            })?;
+            module.set_eval();
+            Ok(Teacher::Script(module))
+        }
+    }
+
+    /// The teacher's logits for a batch (no gradient).
+    pub fn logits(&self, batch: &Batch) -> Result<Tensor, TrainError> {
+        tch::no_grad(|| match self {
+            Teacher::Run(model, _) => Ok(model.forward(batch, false)?.1),
+            Teacher::Script(module) => Ok(module.forward_ts(&[&batch.images])?),
+        })
+    }
+}
+
+/// `T^2 * KL(softmax(teacher / T) || softmax(student / T))`, averaged over the batch.
+pub fn distillation(
+    student: &Tensor,
+    teacher: &Tensor,
+    temperature: f64,
+) -> Result<Tensor, TrainError> {
+    if student.size() != teacher.size() {
+        return Err(TrainError::Run(format!(
+            "the teacher returns logits {:?}, the student {:?}",
+            teacher.size(),
+            student.size()
+        )));
+    }
+    let t = teacher
+        .f_div_scalar(temperature)?
+        .f_softmax(-1, Kind::Float)?;
+    let log_s = student
+        .f_div_scalar(temperature)?
+        .f_log_softmax(-1, Kind::Float)?;
+    let log_t = t.f_clamp_min(1e-12)?.f_log()?;
+    Ok(t.f_mul(&log_t.f_sub(&log_s)?)?
+        .f_sum_dim_intlist(-1, false, Kind::Float)?
+        .f_mean(Kind::Float)?
+        .f_mul_scalar(temperature * temperature)?)
+}
+
 /// Cross-entropy against soft targets `[B, K]`.
 fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor, TrainError> {
     Ok(logits
@@ -379,6 +443,7 @@ pub struct Run {
     train: Loader,
     test: Loader,
     resolution: i64,
+    teacher: Option<Teacher>,
 }
 
 /// What a finished run reports.
@@ -484,6 +549,12 @@ impl Run {
                 ..loader_config
             },
         )?;
+        let teacher = recipe
+            .loss
+            .teacher
+            .as_deref()
+            .map(Teacher::load)
+            .transpose()?;
         let state = TrainerState {
             epoch: 0,
             step: 0,
@@ -502,6 +573,7 @@ impl Run {
             state,
             train,
             test,
+            teacher,
         })
     }
 
@@ -695,12 +767,19 @@ impl Run {
             Some(t) => t.shallow_clone(),
             None => smoothed(&batch.labels, classes, self.recipe.loss.label_smoothing)?,
         };
-        let mut loss = soft_cross_entropy(&special, &targets)?;
+        let l = &self.recipe.loss;
+        let teacher = self.teacher.as_ref().map(|t| t.logits(batch)).transpose()?;
+        let term = |logits: &Tensor| -> Result<Tensor, TrainError> {
+            let mut loss = soft_cross_entropy(logits, &targets)?;
+            if let Some(t) = &teacher {
+                let kd = distillation(logits, t, l.distill_temperature)?;
+                loss = loss.f_add(&kd.f_mul_scalar(l.distill_weight)?)?;
+            }
+            Ok(loss)
+        };
+        let mut loss = term(&special)?;
         if let Some(light) = light {
-            loss = loss.f_add(
-                &soft_cross_entropy(&light, &targets)?
-                    .f_mul_scalar(self.recipe.loss.light_weight)?,
-            )?;
+            loss = loss.f_add(&term(&light)?.f_mul_scalar(l.light_weight)?)?;
         }
         Ok(loss)
     }

@@ -350,3 +350,87 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(err.to_string().contains("the last good checkpoint is kept"));
     assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
 }
+
+#[test]
+fn distillation_is_zero_for_the_teachers_own_logits_and_positive_otherwise() {
+    let t = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let same = basis_train::distillation(&t, &t, 4.0)
+        .unwrap()
+        .double_value(&[]);
+    assert!(same.abs() < 1e-6, "{same}");
+    let other = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
+    let kd = basis_train::distillation(&other, &t, 4.0)
+        .unwrap()
+        .double_value(&[]);
+    assert!(kd > 0.0);
+    // By hand for one row: T^2 * sum p_t (log p_t - log p_s).
+    let (s1, t1) = (other.get(0), t.get(0));
+    let pt = (&t1 / 4.0).softmax(-1, Kind::Float);
+    let expected = (&pt * (pt.log() - (&s1 / 4.0).log_softmax(-1, Kind::Float)))
+        .sum(Kind::Float)
+        .double_value(&[])
+        * 16.0;
+    let one = basis_train::distillation(&other.narrow(0, 0, 1), &t.narrow(0, 0, 1), 4.0)
+        .unwrap()
+        .double_value(&[]);
+    assert!((one - expected).abs() < 1e-4, "{one} vs {expected}");
+    assert!(basis_train::distillation(&other.narrow(1, 0, 5), &t, 4.0).is_err());
+}
+
+#[test]
+fn teachers_are_our_runs_or_torchscript_modules() {
+    let _turn = serial();
+    // A run of ours teaches.
+    let teacher_dir = common::scratch("teacher-run");
+    Run::new(tiny(&["train.epochs=1"]), &teacher_dir)
+        .unwrap()
+        .train()
+        .unwrap();
+    let student = common::scratch("student-run");
+    let mut r = tiny(&["train.epochs=1", "loss.distill_weight=0.5"]);
+    r.loss.teacher = Some(teacher_dir.clone());
+    Run::new(r, &student).unwrap().train().unwrap();
+    assert!(student.join("last.json").exists());
+    // A TorchScript module exported from PyTorch teaches (a linear model on 28x28 images).
+    let script = common::scratch("teacher-script").join("teacher.pt");
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace.join(".libtorch"));
+    let site = std::fs::canonicalize(libtorch)
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let code = format!(
+        "import torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\ntorch.jit.script(m).save({:?})\n",
+        script.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .env("PYTHONPATH", site)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let student = common::scratch("student-script");
+    let mut r = tiny(&["train.epochs=1"]);
+    r.loss.teacher = Some(script);
+    Run::new(r, &student).unwrap().train().unwrap();
+    // A file that is neither is one clear error.
+    let junk = common::scratch("teacher-junk").join("junk.pt");
+    std::fs::write(&junk, b"not a module").unwrap();
+    let mut r = tiny(&[]);
+    r.loss.teacher = Some(junk);
+    let err = Run::new(r, &common::scratch("student-junk"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not a run directory nor a TorchScript module"),
+        "{err}"
+    );
+}
