@@ -124,11 +124,20 @@ pub fn fashion_mnist(root: &Path) -> Result<PathBuf> {
         let tmp = root.join(".download-fashion-mnist");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        let out = Command::new("apt-get")
-            .args(["download", "dataset-fashion-mnist"])
-            .current_dir(&tmp)
-            .output()
-            .context("apt-get was not found; install Debian's dataset-fashion-mnist, or put the four idx files in a folder and pass it to the trainer")?;
+        let download = || {
+            Command::new("apt-get")
+                .args(["download", "dataset-fashion-mnist"])
+                .current_dir(&tmp)
+                .output()
+                .context("apt-get was not found; install Debian's dataset-fashion-mnist, or put the four idx files in a folder and pass it to the trainer")
+        };
+        let mut out = download()?;
+        if !out.status.success() && is_root() {
+            // A fresh machine may have no package lists yet: as root, fetch them once.
+            eprintln!("data: apt-get download failed; running apt-get update once");
+            let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+            out = download()?;
+        }
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             bail!(
@@ -229,4 +238,13 @@ print(n)
     std::fs::write(&marker, "foolbox 3.3.4: 20 imagenet + 20 cifar10 images\n")?;
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(dest)
+}
+
+/// Whether this process runs as root (`id -u` prints 0).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
 }
