@@ -29,6 +29,9 @@ pub struct TrainArgs {
     /// Folder of the dataset (overrides data.dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Stop at the first bad sample (with its path) instead of skipping and counting it.
+    #[arg(long)]
+    strict: bool,
     /// Print the final metrics as JSON.
     #[arg(long)]
     json: bool,
@@ -36,9 +39,9 @@ pub struct TrainArgs {
 
 pub fn train(args: &TrainArgs) -> Result<()> {
     let mut run = if let Some(dir) = &args.resume {
-        if !args.set.is_empty() || args.baseline {
+        if !args.set.is_empty() || args.baseline || args.strict || args.data_dir.is_some() {
             bail!(
-                "--resume continues the recipe saved in {}; --set and --baseline do not apply",
+                "--resume continues the recipe saved in {}; --set, --baseline, --strict and --data-dir do not apply",
                 dir.display()
             );
         }
@@ -50,6 +53,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         if let Some(dir) = &args.data_dir {
             recipe.data.dir = Some(dir.clone());
+        }
+        if args.strict {
+            recipe.data.strict = true;
         }
         let out = args.out.clone().unwrap_or_else(|| {
             let kind = if recipe.model.baseline {
