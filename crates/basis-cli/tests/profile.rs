@@ -1,18 +1,8 @@
 //! `basisnet profile` prints the machine-readable figures other tools read.
 
-use std::process::Command;
+mod common;
 
-fn basisnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_basisnet"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::basisnet;
 
 #[test]
 fn backbone_json_has_totals_and_layers() {

@@ -1,19 +1,10 @@
 //! `basisnet train` and `basisnet eval` end to end on a sliver of Fashion-MNIST.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn basisnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_basisnet"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+use common::basisnet;
+
+use std::path::PathBuf;
 
 #[test]
 fn train_then_eval_print_the_metrics_other_tools_read() {

@@ -393,15 +393,7 @@ fn teachers_are_our_runs_or_torchscript_modules() {
     assert!(student.join("last.json").exists());
     // A TorchScript module exported from PyTorch teaches (a linear model on 28x28 images).
     let script = common::scratch("teacher-script").join("teacher.pt");
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let libtorch = std::env::var_os("LIBTORCH")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace.join(".libtorch"));
-    let site = std::fs::canonicalize(libtorch)
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let site = common::python_site();
     let code = format!(
         "import torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\ntorch.jit.script(m).save({:?})\n",
         script.display().to_string()

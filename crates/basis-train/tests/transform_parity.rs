@@ -6,7 +6,7 @@ mod common;
 
 use basis_models::checkpoint;
 use basis_train::data::{center_crop_box, resize_box, Dataset, ImageFolder};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 #[test]
@@ -14,14 +14,7 @@ fn eval_resize_and_center_crop_match_torchvision() {
     let folder = common::prepared("foolbox").join("imagenet/val");
     let out = common::scratch("transform-parity").join("torchvision.safetensors");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let libtorch = std::env::var_os("LIBTORCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join(".libtorch"));
-    let site = std::fs::canonicalize(libtorch)
-        .unwrap()
-        .parent()
-        .unwrap()
-        .to_path_buf();
+    let site = common::python_site();
     let run = Command::new("python3")
         .arg(workspace.join("scripts/transform_parity.py"))
         .arg(&folder)

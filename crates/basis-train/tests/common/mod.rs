@@ -21,3 +21,17 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The folder holding the Python packages `cargo xtask setup` installed (the parent of
+/// libtorch's `torch/`), for `PYTHONPATH`.
+#[allow(dead_code)]
+pub fn python_site() -> PathBuf {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join(".libtorch"));
+    std::fs::canonicalize(libtorch)
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .expect("libtorch's folder: run `cargo xtask setup`")
+}
