@@ -230,8 +230,9 @@ fn opt_config_rms() -> OptimSection {
     }
 }
 
-/// libtorch's RNG is global and the tests of a file run on parallel threads: runs and
-/// seeded problems take turns, so each is reproducible.
+/// libtorch's RNG is global and the tests of a file run on parallel threads: every test
+/// that draws from it (runs, seeded problems, `randn`) takes its turn, so a run is
+/// reproducible (a stray draw mid-epoch breaks the bit-identical resume check).
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -353,6 +354,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn distillation_is_zero_for_the_teachers_own_logits_and_positive_otherwise() {
+    let _turn = serial();
     let t = Tensor::randn([4, 10], (Kind::Float, Device::Cpu));
     let same = basis_train::distillation(&t, &t, 4.0)
         .unwrap()
