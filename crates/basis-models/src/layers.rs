@@ -100,6 +100,26 @@ pub fn activate(x: Tensor, act: Option<Act>) -> Result<Tensor> {
 /// vector shared by the batch), indexed by the layers' `vector`.
 pub type CoefficientVectors<'a> = &'a [Tensor];
 
+/// `(N, vector)` of a basis layer, or `(1, None)` for a static one.
+fn split_basis(basis: Option<(i64, usize)>) -> (i64, Option<usize>) {
+    match basis {
+        Some((n, v)) if n > 1 => (n, Some(v)),
+        _ => (1, None),
+    }
+}
+
+/// What a static or basis layer holds, whatever its kind: what baking and seeding use.
+pub(crate) trait Weighted {
+    /// The stored weight (the bank when `N > 1`).
+    fn weight(&self) -> &Tensor;
+    /// The stored bias, if any.
+    fn bias(&self) -> Option<&Tensor>;
+    /// Bases of the layer.
+    fn num_bases(&self) -> i64;
+    /// Plain-shaped weight and bias for `coefficients` (the stored ones when static).
+    fn weights_for(&self, coefficients: &[Tensor]) -> Result<(Tensor, Option<Tensor>)>;
+}
+
 /// A convolution that is either static (one basis) or a basis layer reading one of the
 /// coefficient vectors.
 #[derive(Debug)]
@@ -116,10 +136,7 @@ impl Conv {
         bias: bool,
         basis: Option<(i64, usize)>,
     ) -> Result<Self> {
-        let (n, vector) = match basis {
-            Some((n, v)) if n > 1 => (n, Some(v)),
-            _ => (1, None),
-        };
+        let (n, vector) = split_basis(basis);
         Ok(Self {
             conv: BasisConv2d::new(path, geometry, n, bias)?,
             vector,
@@ -163,10 +180,7 @@ impl Linear {
         out_features: i64,
         basis: Option<(i64, usize)>,
     ) -> Result<Self> {
-        let (n, vector) = match basis {
-            Some((n, v)) if n > 1 => (n, Some(v)),
-            _ => (1, None),
-        };
+        let (n, vector) = split_basis(basis);
         let linear = BasisLinear::new(path, in_features, out_features, n, true)?;
         tch::no_grad(|| -> Result<()> {
             let _ = linear.weight().shallow_clone().f_normal_(0.0, 0.01)?;
@@ -199,6 +213,36 @@ impl Linear {
         &self.linear
     }
 }
+
+macro_rules! weighted {
+    ($ty:ty, $field:ident) => {
+        impl Weighted for $ty {
+            fn weight(&self) -> &Tensor {
+                self.$field.weight()
+            }
+            fn bias(&self) -> Option<&Tensor> {
+                self.$field.bias()
+            }
+            fn num_bases(&self) -> i64 {
+                self.$field.num_bases()
+            }
+            fn weights_for(&self, coefficients: &[Tensor]) -> Result<(Tensor, Option<Tensor>)> {
+                match self.vector {
+                    Some(v) => Ok(self
+                        .$field
+                        .synthesize(crate::error::vector(coefficients, v)?)?),
+                    None => Ok((
+                        self.$field.weight().shallow_clone(),
+                        self.$field.bias().map(Tensor::shallow_clone),
+                    )),
+                }
+            }
+        }
+    };
+}
+
+weighted!(Conv, conv);
+weighted!(Linear, linear);
 
 /// torchvision's `Conv2dNormActivation`: convolution (no bias), batch norm, activation.
 #[derive(Debug)]

@@ -631,6 +631,17 @@ pub(crate) enum LayerRef<'a> {
     Norm(&'a BatchNorm2d),
 }
 
+impl LayerRef<'_> {
+    /// The weights of a convolution or linear layer.
+    pub(crate) fn weighted(&self) -> Option<&dyn crate::layers::Weighted> {
+        match self {
+            LayerRef::Conv(c) => Some(*c),
+            LayerRef::Linear(l) => Some(*l),
+            LayerRef::Norm(_) => None,
+        }
+    }
+}
+
 impl MobileNet {
     pub(crate) fn layer_refs(&self) -> Vec<LayerRef<'_>> {
         let mut out = Vec::new();

@@ -27,34 +27,15 @@ impl MobileNet {
             Ok(())
         };
         for (src, dst) in self.layer_refs().into_iter().zip(fixed.layer_refs()) {
-            match (src, dst) {
-                (LayerRef::Conv(s), LayerRef::Conv(d)) => {
-                    let (w, b) = match s.vector {
-                        Some(v) => s.conv.synthesize(&coefficients[v])?,
-                        None => (
-                            s.conv.weight().shallow_clone(),
-                            s.conv.bias().map(Tensor::shallow_clone),
-                        ),
-                    };
-                    copy(d.conv.weight(), &w)?;
-                    if let (Some(db), Some(sb)) = (d.conv.bias(), b) {
+            match (src.weighted(), dst.weighted(), &src, &dst) {
+                (Some(s), Some(d), _, _) => {
+                    let (w, b) = s.weights_for(coefficients)?;
+                    copy(d.weight(), &w)?;
+                    if let (Some(db), Some(sb)) = (d.bias(), b) {
                         copy(db, &sb)?;
                     }
                 }
-                (LayerRef::Linear(s), LayerRef::Linear(d)) => {
-                    let (w, b) = match s.vector {
-                        Some(v) => s.linear.synthesize(&coefficients[v])?,
-                        None => (
-                            s.linear.weight().shallow_clone(),
-                            s.linear.bias().map(Tensor::shallow_clone),
-                        ),
-                    };
-                    copy(d.linear.weight(), &w)?;
-                    if let (Some(db), Some(sb)) = (d.linear.bias(), b) {
-                        copy(db, &sb)?;
-                    }
-                }
-                (LayerRef::Norm(s), LayerRef::Norm(d)) => d.copy_from(s)?,
+                (_, _, LayerRef::Norm(s), LayerRef::Norm(d)) => d.copy_from(s)?,
                 _ => unreachable!("the same configuration lists the same layers"),
             }
         }
@@ -106,22 +87,14 @@ impl MobileNet {
             })
         };
         for (dst, src) in self.layer_refs().into_iter().zip(fixed.layer_refs()) {
-            match (dst, src) {
-                (LayerRef::Conv(d), LayerRef::Conv(s)) => {
-                    let n = d.conv.num_bases();
-                    seed(d.conv.weight(), s.conv.weight(), n)?;
-                    if let (Some(db), Some(sb)) = (d.conv.bias(), s.conv.bias()) {
-                        seed(db, sb, n)?;
+            match (dst.weighted(), src.weighted(), &dst, &src) {
+                (Some(d), Some(s), _, _) => {
+                    seed(d.weight(), s.weight(), d.num_bases())?;
+                    if let (Some(db), Some(sb)) = (d.bias(), s.bias()) {
+                        seed(db, sb, d.num_bases())?;
                     }
                 }
-                (LayerRef::Linear(d), LayerRef::Linear(s)) => {
-                    let n = d.linear.num_bases();
-                    seed(d.linear.weight(), s.linear.weight(), n)?;
-                    if let (Some(db), Some(sb)) = (d.linear.bias(), s.linear.bias()) {
-                        seed(db, sb, n)?;
-                    }
-                }
-                (LayerRef::Norm(d), LayerRef::Norm(s)) => d.copy_from(s)?,
+                (_, _, LayerRef::Norm(d), LayerRef::Norm(s)) => d.copy_from(s)?,
                 _ => unreachable!("the same configuration lists the same layers"),
             }
         }

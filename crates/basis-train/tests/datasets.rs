@@ -99,13 +99,7 @@ fn idx_files_with_a_wrong_magic_or_a_short_read_are_named() {
         shuffle: false,
         ..LoaderConfig::default()
     };
-    let augment = AugmentConfig {
-        resolution: 28,
-        crop_pct: 1.0,
-        mean: vec![0.5],
-        std: vec![0.5],
-        ..AugmentConfig::default()
-    };
+    let augment = common::identity_28px();
     let ds: Arc<dyn Dataset> = Arc::new(ds);
     let loader = Loader::new(ds.clone(), augment.clone(), false, config.clone()).unwrap();
     let mut epoch = loader.epoch(0);

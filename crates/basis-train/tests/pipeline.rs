@@ -77,13 +77,7 @@ fn an_epoch_visits_every_sample_once_and_stops_cleanly() {
         prefetch: 1,
         ..LoaderConfig::default()
     };
-    let augment = AugmentConfig {
-        resolution: 28,
-        crop_pct: 1.0,
-        mean: vec![0.5],
-        std: vec![0.5],
-        ..AugmentConfig::default()
-    };
+    let augment = common::identity_28px();
     let loader = Loader::new(fashion(), augment.clone(), false, config.clone()).unwrap();
     assert_eq!(loader.num_batches(), 79);
     let mut seen = vec![false; 10_000];

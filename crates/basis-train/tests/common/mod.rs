@@ -35,3 +35,16 @@ pub fn python_site() -> PathBuf {
         .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
         .expect("libtorch's folder: run `cargo xtask setup`")
 }
+
+/// Evaluation transforms that leave a 28 px grayscale image as it is (normalized to
+/// `(x - 0.5) / 0.5`).
+#[allow(dead_code)]
+pub fn identity_28px() -> basis_train::data::AugmentConfig {
+    basis_train::data::AugmentConfig {
+        resolution: 28,
+        crop_pct: 1.0,
+        mean: vec![0.5],
+        std: vec![0.5],
+        ..Default::default()
+    }
+}
