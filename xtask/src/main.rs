@@ -5,8 +5,15 @@
 //! - `cargo xtask test`: setup, data, `cargo fmt --check`, clippy with `-D warnings`, the tests.
 //! - `cargo xtask data [fashion-mnist|foolbox|all]`: prepare the datasets.
 //! - `cargo xtask train [--baseline]`: the main job (Fashion-MNIST BasisNet on the CPU).
+//! - `cargo xtask bench`: every benchmark plus the end-to-end comparison with PyTorch,
+//!   into `target/bench/report.md` and `report.json`.
+//! - `cargo xtask repro [--quick]`: the paper's claims at small scale.
+//! - `cargo xtask docs`: the book into `target/book`.
 
+mod bench;
 mod data;
+mod docs;
+mod repro;
 mod setup;
 mod test;
 mod train;
@@ -33,6 +40,15 @@ enum Command {
     Data(data::DataArgs),
     /// The main job: train the quick Fashion-MNIST BasisNet on the CPU and summarize it.
     Train(train::TrainArgs),
+    /// Run every benchmark and the end-to-end inference comparison with PyTorch eager;
+    /// write target/bench/report.md and report.json.
+    Bench(bench::BenchArgs),
+    /// The paper's claims at small scale: BasisNet vs static vs lightweight, N ablation,
+    /// early-exit curve, what the coefficients learned (--quick: minutes).
+    Repro(repro::ReproArgs),
+    /// The researchers' book into target/book (model zoo from the profiler, API
+    /// reference, link check).
+    Docs(docs::DocsArgs),
 }
 
 fn main() {
@@ -41,6 +57,9 @@ fn main() {
         Command::Setup(args) => setup::run(&args).map(|_| ()),
         Command::Test(args) => test::run(&args),
         Command::Train(args) => train::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Repro(args) => repro::run(&args),
+        Command::Docs(args) => docs::run(&args),
         Command::Data(args) => {
             setup::run(&setup::SetupArgs::default()).and_then(|_| data::run(&args))
         }

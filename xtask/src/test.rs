@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs, in order, stopping at the first failure.
 
-use crate::{data, setup, util};
+use crate::{data, docs, repro, setup, util};
 use anyhow::Result;
 use clap::Args;
 use std::process::Command;
@@ -10,6 +10,9 @@ pub struct TestArgs {
     /// Only run the tests (skip rustfmt and clippy).
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip the book (`cargo xtask docs`) and the quick reproduction.
+    #[arg(long)]
+    pub no_docs: bool,
     /// Extra arguments passed to `cargo test` (after `--workspace`).
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
@@ -54,6 +57,15 @@ pub fn run(args: &TestArgs) -> Result<()> {
     let mut test = cargo_cmd(&["test", "--workspace"]);
     test.args(&args.cargo_test_args);
     util::run("cargo test", &mut test)?;
+    if !args.no_docs {
+        step("cargo xtask repro --quick");
+        repro::run(&repro::ReproArgs {
+            quick: true,
+            ..repro::ReproArgs::default()
+        })?;
+        step("cargo xtask docs");
+        docs::run(&docs::DocsArgs::default())?;
+    }
     Ok(())
 }
 

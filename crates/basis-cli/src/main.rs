@@ -1,5 +1,7 @@
 //! `basisnet`: the command line of basisnet-rs.
 
+mod bench;
+mod compare;
 mod deploy;
 mod profile;
 mod train;
@@ -32,12 +34,19 @@ enum Command {
     Calibrate(deploy::CalibrateArgs),
     /// Per-layer parameters and multiply-adds of a backbone or a BasisNet preset.
     Profile(profile::ProfileArgs),
+    /// Inference throughput of a model at 224 px (what `cargo xtask bench` compares).
+    Benchmark(bench::BenchArgs),
+    /// One table and plots over several finished runs (accuracy, cost, early exit,
+    /// coefficients).
+    Compare(compare::CompareArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Profile(args) => profile::run(&args),
+        Command::Benchmark(args) => bench::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Train(args) => train::train(&args),
         Command::Eval(args) => train::eval(&args),
         Command::Predict(args) => deploy::predict(&args),

@@ -110,6 +110,69 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
     let c: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(c["top1"].as_f64().unwrap() >= c["specialist_top1"].as_f64().unwrap() - 0.01);
 
+    // What the coefficients learned: per-class mean vectors (each a distribution over
+    // the 4 bases), entropy between one-hot and uniform, and the heatmap.
+    let c = &m["coefficients"];
+    assert_eq!(c["num_bases"], 4);
+    for row in c["per_class_mean"].as_array().unwrap() {
+        let sum: f64 = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{row}");
+    }
+    let entropy = c["mean_entropy"].as_f64().unwrap();
+    assert!(entropy > 0.0 && entropy <= 4f64.ln() + 1e-6, "{entropy}");
+    let heatmap = std::fs::read_to_string(dir.join("coefficients.svg")).unwrap();
+    assert!(heatmap.contains("T-shirt/top") && heatmap.contains("basis 3"));
+
+    // compare: this run against the lightweight model trained alone.
+    let light = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-run-light");
+    let _ = std::fs::remove_dir_all(&light);
+    let l = light.to_str().unwrap();
+    let mut args = vec![
+        "train",
+        "--recipe",
+        "fashion-quick",
+        "--out",
+        l,
+        "--baseline",
+    ];
+    args.extend(["--set", "model.baseline_of=lightweight"]);
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let (ok, _, err) = basisnet(&args);
+    assert!(ok, "{err}");
+    let report = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-compare");
+    let r = report.to_str().unwrap();
+    let (ok, table, err) = basisnet(&["compare", d, l, "--out", r]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("| cli-run | BasisNet, N = 4: mobilenet_v3_small 1 at 28 px |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| cli-run-light | lightweight alone: mobilenet_v3_small 0.5 at 20 px |"),
+        "{table}"
+    );
+    for f in [
+        "results.md",
+        "results.json",
+        "accuracy_vs_bases.svg",
+        "early_exit.svg",
+        "coefficients-cli-run.svg",
+    ] {
+        assert!(report.join(f).exists(), "{f}");
+    }
+    let (ok, _, err) = basisnet(&["compare", "/nonexistent-run", "--out", r]);
+    assert!(
+        !ok && err.contains("/nonexistent-run: expected a finished run directory"),
+        "{err}"
+    );
+
     // Training into a run directory again is refused, and nothing is overwritten.
     let before = std::fs::read(dir.join("last.safetensors")).unwrap();
     let (ok, _, err) = basisnet(&["train", "--recipe", "fashion-quick", "--out", d]);

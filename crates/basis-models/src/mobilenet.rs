@@ -35,6 +35,15 @@ pub struct MobileNetConfig {
     pub dropout: f64,
     /// Batch-norm settings.
     pub batch_norm: BatchNormSpec,
+    /// Stride of the stem convolution: 2 (torchvision), or 1 for small images (the
+    /// CIFAR-style variant: every later feature map twice as large per side, four times
+    /// the multiply-adds, the same variables).
+    #[serde(default = "default_stem_stride")]
+    pub stem_stride: i64,
+}
+
+fn default_stem_stride() -> i64 {
+    2
 }
 
 impl MobileNetConfig {
@@ -59,6 +68,7 @@ impl MobileNetConfig {
             num_classes: 1000,
             dropout: 0.2,
             batch_norm,
+            stem_stride: 2,
         }
     }
 
@@ -86,7 +96,19 @@ impl MobileNetConfig {
         self
     }
 
+    /// With this stem stride (1 for small images such as 28 px Fashion-MNIST).
+    pub fn stem_stride(mut self, stride: i64) -> Self {
+        self.stem_stride = stride;
+        self
+    }
+
     fn validate(&self) -> Result<()> {
+        if !(1..=2).contains(&self.stem_stride) {
+            return Err(ModelError::Config(format!(
+                "the stem stride must be 1 or 2, found {}",
+                self.stem_stride
+            )));
+        }
         if !(self.width.is_finite() && self.width > 0.0) {
             return Err(ModelError::Config(format!(
                 "width multiplier must be > 0, found {}",
@@ -233,11 +255,11 @@ impl MobileNet {
             Act::Relu6
         };
 
-        // features.0: the stem, 3x3 stride 2.
+        // features.0: the stem, 3x3 stride 2 (1 in the small-image variant).
         let mut channels = config.scaled(arch.stem_channels());
         let mut stage = 1;
         let stem = Conv2dGeometry::new(config.in_channels, channels, 3)
-            .stride(2)
+            .stride(config.stem_stride)
             .padding(1);
         let site = |stage, pointwise, head| Site {
             stage,

@@ -430,3 +430,53 @@ fn a_static_checkpoint_seeds_a_specialist() {
         .to_string()
         .starts_with("/nonexistent.safetensors: "));
 }
+
+#[test]
+fn stem_stride_one_keeps_the_variables_and_quadruples_the_spatial_cost() {
+    let strided = MobileNetConfig::new(Arch::MobilenetV3Small)
+        .in_channels(1)
+        .classes(10);
+    let small_image = strided.stem_stride(1);
+    let (a, b) = (
+        nn::VarStore::new(Device::Cpu),
+        nn::VarStore::new(Device::Cpu),
+    );
+    let net2 = MobileNet::new(&a.root(), strided, BasisSpec::fixed()).unwrap();
+    let net1 = MobileNet::new(&b.root(), small_image, BasisSpec::fixed()).unwrap();
+    // Same variables, same shapes: weights move between the two.
+    let shapes = |vs: &nn::VarStore| {
+        let mut v: Vec<(String, Vec<i64>)> = vs
+            .variables()
+            .into_iter()
+            .map(|(n, t)| (n, t.size()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(shapes(&a), shapes(&b));
+    // At 28 px the stride-1 stem sees every pixel: the stem costs 4x (28^2 vs 14^2
+    // outputs), and the network takes inputs down to 9 px instead of 17.
+    let (p2, p1) = (net2.profile(28).unwrap(), net1.profile(28).unwrap());
+    assert_eq!(p1.layers[0].madds, 4 * p2.layers[0].madds);
+    // Every feature map of the stride-1 stem at 28 px is that of the stride-2 stem at
+    // 56 px, so the costs agree exactly: 4,934,688 against 2,064,144 MAdds.
+    assert_eq!(p1.total.madds, net2.profile(56).unwrap().total.madds);
+    assert_eq!((p1.total.madds, p2.total.madds), (4_934_688, 2_064_144));
+    assert_eq!(p1.total.params, p2.total.params);
+    assert_eq!((net2.min_resolution(), net1.min_resolution()), (17, 9));
+    let x = Tensor::randn([2, 1, 28, 28], CPU);
+    assert_eq!(net1.forward_t(&x, &[], false).unwrap().size(), [2, 10]);
+    // Anything but 1 or 2 is refused in one sentence.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let err = MobileNet::new(&vs.root(), strided.stem_stride(3), BasisSpec::fixed()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("stem stride must be 1 or 2, found 3"),
+        "{err}"
+    );
+    // Configurations saved before the field existed read as torchvision's stride 2.
+    let mut json: serde_json::Value = serde_json::to_value(strided).unwrap();
+    json.as_object_mut().unwrap().remove("stem_stride");
+    let old: MobileNetConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old.stem_stride, 2);
+}

@@ -31,6 +31,6 @@ pub mod trainer;
 
 pub use recipe::{Recipe, RecipeError};
 pub use trainer::{
-    distillation, evaluate, Evaluation, ExitPoint, Model, Run, RunSummary, Teacher, TrainError,
-    TrainerState,
+    distillation, evaluate, joint_loss, CoefficientStats, Evaluation, ExitPoint, Model, Run,
+    RunSummary, Teacher, TrainError, TrainerState,
 };

@@ -243,15 +243,30 @@ impl Ema {
         Ok(Self { decay, pairs })
     }
 
-    /// `ema = decay * ema + (1 - decay) * model` (integer counters are copied).
-    pub fn update(&self) {
+    /// The decay used after optimizer step `step` (1-based): the recipe's, warmed up as
+    /// `min(decay, (1 + step) / (10 + step))` (TensorFlow's `num_updates`, timm's EMA
+    /// warmup), so the first steps' weights and batch-norm statistics, which are far from
+    /// the final ones, fade out of a short run's average.
+    ///
+    /// ```
+    /// # use basis_train::optim::Ema;
+    /// assert_eq!(Ema::decay_at(0.9999, 1), 2.0 / 11.0);
+    /// assert_eq!(Ema::decay_at(0.998, 100_000), 0.998);
+    /// ```
+    pub fn decay_at(decay: f64, step: i64) -> f64 {
+        let step = step.max(0) as f64;
+        decay.min((1.0 + step) / (10.0 + step))
+    }
+
+    /// `ema = d * ema + (1 - d) * model` with `d = decay_at(decay, step)`, `step` the
+    /// optimizer steps taken (integer counters are copied).
+    pub fn update(&self, step: i64) {
+        let decay = Self::decay_at(self.decay, step);
         tch::no_grad(|| {
             for (s, d) in &self.pairs {
                 let mut d = d.shallow_clone();
                 if s.is_floating_point() {
-                    let _ = d
-                        .g_mul_scalar_(self.decay)
-                        .g_add_(&(s * (1.0 - self.decay)));
+                    let _ = d.g_mul_scalar_(decay).g_add_(&(s * (1.0 - decay)));
                 } else {
                     d.copy_(s);
                 }

@@ -1,7 +1,7 @@
 //! SVG plots of a run: training curves (from `summary.csv`) and accuracy versus average
 //! multiply-adds over early-exit thresholds. Plain SVG, no plotting dependency.
 
-use crate::trainer::ExitPoint;
+use crate::trainer::{CoefficientStats, ExitPoint};
 use std::fmt::Write;
 
 /// One named series of points.
@@ -182,4 +182,76 @@ pub fn early_exit_curve(points: &[ExitPoint]) -> String {
         "top-1 (%)",
         &series,
     )
+}
+
+/// A heatmap of the mean coefficient vector of each class (rows: classes, columns: bases),
+/// with the value in every cell: whether the bases specialize by class.
+pub fn coefficient_heatmap(stats: &CoefficientStats, class_names: &[String]) -> String {
+    let rows = stats.per_class_mean.len();
+    let cols = stats.num_bases;
+    let (cell_w, cell_h, left, top) = (64.0, 26.0, 150.0, 60.0);
+    let w = left + cell_w * cols as f64 + 20.0;
+    let h = top + cell_h * rows as f64 + 60.0;
+    let hi = stats
+        .per_class_mean
+        .iter()
+        .flatten()
+        .fold(0.0f64, |m, &v| m.max(v))
+        .max(1e-9);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{}" y="22" text-anchor="middle" font-size="14">Mean coefficient vector per class</text>
+"#,
+        w / 2.0
+    );
+    for c in 0..cols {
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">basis {c}</text>"#,
+            left + cell_w * (c as f64 + 0.5),
+            top - 8.0
+        );
+    }
+    for (r, row) in stats.per_class_mean.iter().enumerate() {
+        let y = top + cell_h * r as f64;
+        let name = class_names
+            .get(r)
+            .cloned()
+            .unwrap_or_else(|| format!("class {r}"));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            left - 8.0,
+            y + cell_h * 0.65,
+            escape(&name)
+        );
+        for (c, &v) in row.iter().enumerate() {
+            // White (0) to dark blue (the largest mean coefficient).
+            let t = (v / hi).clamp(0.0, 1.0);
+            let shade = |full: f64| (255.0 - t * (255.0 - full)).round() as u8;
+            let (red, green, blue) = (shade(31.0), shade(79.0), shade(158.0));
+            let text = if t > 0.55 { "white" } else { "black" };
+            let x = left + cell_w * c as f64;
+            let _ = writeln!(
+                svg,
+                r#"<rect x="{x}" y="{y}" width="{cell_w}" height="{cell_h}" fill="rgb({red},{green},{blue})" stroke="white"/><text x="{}" y="{}" text-anchor="middle" fill="{text}">{v:.2}</text>"#,
+                x + cell_w / 2.0,
+                y + cell_h * 0.65
+            );
+        }
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{left}" y="{}">mean entropy {:.3} nats (uniform: {:.3}), mean largest coefficient {:.3} (uniform: {:.3})</text>"#,
+        top + cell_h * rows as f64 + 30.0,
+        stats.mean_entropy,
+        (cols.max(1) as f64).ln(),
+        stats.mean_max,
+        1.0 / cols.max(1) as f64
+    );
+    svg.push_str("</svg>\n");
+    svg
 }

@@ -52,6 +52,22 @@ pub struct ModelSection {
     /// (relative to the weights' spread), so the specialist starts as a static network;
     /// absent: every basis drawn independently.
     pub basis_noise: Option<f64>,
+    /// Override the specialist's stem stride (1: the small-image variant).
+    pub stem_stride: Option<i64>,
+    /// Which stage's backbone a baseline trains: the specialist's (default) or the
+    /// lightweight model's, alone at its own resolution.
+    pub baseline_of: Stage,
+}
+
+/// A stage of a BasisNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// The synthesized specialist.
+    #[default]
+    Specialist,
+    /// The lightweight model.
+    Lightweight,
 }
 
 impl Default for ModelSection {
@@ -63,6 +79,8 @@ impl Default for ModelSection {
             temperature: None,
             basis_dropout: None,
             basis_noise: None,
+            stem_stride: None,
+            baseline_of: Stage::Specialist,
         }
     }
 }
@@ -394,6 +412,13 @@ impl Recipe {
         }
         if let Some(p) = self.model.basis_dropout {
             config.basis_dropout = p;
+        }
+        if let Some(s) = self.model.stem_stride {
+            config.specialist.stem_stride = s;
+        }
+        if self.model.baseline && self.model.baseline_of == Stage::Lightweight {
+            config.specialist = config.lightweight;
+            config.resolution = config.lightweight_resolution;
         }
         Ok(config)
     }

@@ -11,7 +11,7 @@ use crate::data::{
     Loader, LoaderConfig, Split,
 };
 use crate::optim::{learning_rate, Ema, Optimizer};
-use crate::recipe::{DatasetKind, Recipe, RecipeError};
+use crate::recipe::{DatasetKind, LossSection, Recipe, RecipeError};
 use basis_models::{checkpoint, BasisNet, BasisNetConfig, BasisSpec, MobileNet, ModelError};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
@@ -96,6 +96,17 @@ impl Model {
         batch: &Batch,
         train: bool,
     ) -> Result<(Option<Tensor>, Tensor), TrainError> {
+        let (light, special, _) = self.forward_with_coefficients(batch, train)?;
+        Ok((light, special))
+    }
+
+    /// `(light logits, specialist logits, coefficient vectors)` for a batch (no
+    /// coefficients for a static network).
+    pub fn forward_with_coefficients(
+        &self,
+        batch: &Batch,
+        train: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Vec<Tensor>), TrainError> {
         Ok(match self {
             Model::BasisNet(net) => {
                 let light = match &batch.light_images {
@@ -103,9 +114,13 @@ impl Model {
                     None => net.lightweight_input(&batch.images)?,
                 };
                 let out = net.forward_t(&light, &batch.images, train)?;
-                (Some(out.light_logits), out.specialist_logits)
+                (
+                    Some(out.light_logits),
+                    out.specialist_logits,
+                    out.coefficients,
+                )
             }
-            Model::Static(net) => (None, net.forward_t(&batch.images, &[], train)?),
+            Model::Static(net) => (None, net.forward_t(&batch.images, &[], train)?, Vec::new()),
         })
     }
 
@@ -188,6 +203,59 @@ pub fn distillation(
         .f_mul_scalar(temperature * temperature)?)
 }
 
+/// The joint loss of one training batch: cross-entropy of the specialist against the
+/// (label-smoothed or mixed) targets, plus `loss.light_weight` times the same for the
+/// lightweight model, each term plus `loss.distill_weight` times the distillation term
+/// when there is a `teacher`. Runs the model in training mode.
+///
+/// ```
+/// use basis_train::data::Batch;
+/// use basis_train::trainer::{joint_loss, Model};
+/// use basis_train::Recipe;
+/// use tch::{nn, Device, Kind, Tensor};
+///
+/// let recipe = Recipe::default(); // basisnet-fashion
+/// let vs = nn::VarStore::new(Device::Cpu);
+/// let model = Model::build(&vs.root(), &recipe)?;
+/// let batch = Batch {
+///     images: Tensor::rand([4, 1, 28, 28], (Kind::Float, Device::Cpu)),
+///     light_images: None,
+///     labels: Tensor::from_slice(&[0i64, 1, 2, 3]),
+///     targets: None,
+/// };
+/// let loss = joint_loss(&model, &batch, &recipe.loss, None)?;
+/// // Two cross-entropies over 10 classes from a fresh network: about 2 ln 10.
+/// assert!((loss.double_value(&[]) - 2.0 * 10f64.ln()).abs() < 1.5);
+/// # Ok::<(), basis_train::TrainError>(())
+/// ```
+pub fn joint_loss(
+    model: &Model,
+    batch: &Batch,
+    loss: &LossSection,
+    teacher: Option<&Teacher>,
+) -> Result<Tensor, TrainError> {
+    let (light, special) = model.forward(batch, true)?;
+    let classes = special.size()[1];
+    let targets = match &batch.targets {
+        Some(t) => t.shallow_clone(),
+        None => smoothed(&batch.labels, classes, loss.label_smoothing)?,
+    };
+    let teacher = teacher.map(|t| t.logits(batch)).transpose()?;
+    let term = |logits: &Tensor| -> Result<Tensor, TrainError> {
+        let mut value = soft_cross_entropy(logits, &targets)?;
+        if let Some(t) = &teacher {
+            let kd = distillation(logits, t, loss.distill_temperature)?;
+            value = value.f_add(&kd.f_mul_scalar(loss.distill_weight)?)?;
+        }
+        Ok(value)
+    };
+    let mut total = term(&special)?;
+    if let Some(light) = light {
+        total = total.f_add(&term(&light)?.f_mul_scalar(loss.light_weight)?)?;
+    }
+    Ok(total)
+}
+
 /// Cross-entropy against soft targets `[B, K]`.
 fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor, TrainError> {
     Ok(logits
@@ -255,6 +323,25 @@ pub struct Evaluation {
     pub light_madds: i64,
     /// Multiply-adds of an image through both stages.
     pub full_madds: i64,
+    /// What the coefficients look like on the test set (BasisNet only).
+    #[serde(default)]
+    pub coefficients: Option<CoefficientStats>,
+}
+
+/// Statistics of the (first) coefficient vector over an evaluation: whether the bases
+/// specialize by class, and how peaked the vectors are.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CoefficientStats {
+    /// Bases `N`.
+    pub num_bases: usize,
+    /// Mean coefficient vector of the images of each true class: `[classes][N]`.
+    pub per_class_mean: Vec<Vec<f64>>,
+    /// Mean coefficient vector over all images `[N]` (how much each basis is used).
+    pub mean: Vec<f64>,
+    /// Mean entropy of a vector, in nats (`ln N` for uniform vectors, 0 for one-hot).
+    pub mean_entropy: f64,
+    /// Mean of each vector's largest coefficient (`1 / N` uniform, 1 one-hot).
+    pub mean_max: f64,
 }
 
 /// Evaluate `model` (and `ema`) on `loader`, with the early-exit curve over `thresholds`.
@@ -270,9 +357,35 @@ pub fn evaluate(
     let mut confidences: Vec<f32> = Vec::new();
     let mut light_ok: Vec<bool> = Vec::new();
     let mut special_ok: Vec<bool> = Vec::new();
+    let mut class_sums: Vec<Vec<f64>> = Vec::new();
+    let mut class_counts: Vec<usize> = Vec::new();
+    let (mut entropy_sum, mut max_sum) = (0.0, 0.0);
     for batch in loader.epoch(0) {
         let batch = batch?.to_tensors(Device::Cpu)?;
-        let (light, special) = model.forward(&batch, false)?;
+        let (light, special, coefficients) = model.forward_with_coefficients(&batch, false)?;
+        if let Some(alpha) = coefficients.first() {
+            let n_bases = alpha.size()[1] as usize;
+            let rows = Vec::<f32>::try_from(&alpha.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
+            let labels = Vec::<i64>::try_from(&batch.labels)?;
+            for (row, &label) in rows.chunks(n_bases).zip(&labels) {
+                let k = label.max(0) as usize;
+                if class_sums.len() <= k {
+                    class_sums.resize(k + 1, vec![0.0; n_bases]);
+                    class_counts.resize(k + 1, 0);
+                }
+                class_counts[k] += 1;
+                let mut max = 0.0f64;
+                for (i, &a) in row.iter().enumerate() {
+                    let a = f64::from(a);
+                    class_sums[k][i] += a;
+                    max = max.max(a);
+                    if a > 0.0 {
+                        entropy_sum -= a * a.ln();
+                    }
+                }
+                max_sum += max;
+            }
+        }
         let (top1, top5) = correct(&special, &batch.labels)?;
         s1 += top1.f_sum(Kind::Int64)?.f_int64_value(&[])?;
         s5 += top5;
@@ -322,7 +435,29 @@ pub fn evaluate(
     } else {
         Vec::new()
     };
+    let coefficients = (!class_sums.is_empty()).then(|| {
+        let num_bases = class_sums[0].len();
+        let total: usize = class_counts.iter().sum();
+        let mut mean = vec![0.0; num_bases];
+        for sums in &class_sums {
+            for (m, s) in mean.iter_mut().zip(sums) {
+                *m += s / total.max(1) as f64;
+            }
+        }
+        CoefficientStats {
+            num_bases,
+            per_class_mean: class_sums
+                .iter()
+                .zip(&class_counts)
+                .map(|(s, &c)| s.iter().map(|v| v / c.max(1) as f64).collect())
+                .collect(),
+            mean,
+            mean_entropy: entropy_sum / total.max(1) as f64,
+            mean_max: max_sum / total.max(1) as f64,
+        }
+    });
     Ok(Evaluation {
+        coefficients,
         images: n,
         light_top1: is_basisnet.then(|| frac(l1)),
         light_top5: is_basisnet.then(|| frac(l5)),
@@ -636,7 +771,7 @@ impl Run {
                 loss.f_backward()?;
                 self.optimizer.step(lr);
                 if let Some((_, _, ema)) = &self.ema {
-                    ema.update();
+                    ema.update(self.optimizer.steps());
                 }
                 let n = batch.labels.size()[0] as usize;
                 loss_sum += value * n as f64;
@@ -706,6 +841,7 @@ impl Run {
             "early_exit": summary.evaluation.early_exit,
             "light_madds": summary.evaluation.light_madds,
             "full_madds": summary.evaluation.full_madds,
+            "coefficients": summary.evaluation.coefficients,
             "images": summary.evaluation.images,
             "epochs": summary.state.epoch,
             "best_top1": summary.state.best_top1,
@@ -721,6 +857,10 @@ impl Run {
         if !summary.evaluation.early_exit.is_empty() {
             let svg = crate::plot::early_exit_curve(&summary.evaluation.early_exit);
             write_atomic(&self.dir.join("early_exit.svg"), svg.as_bytes())?;
+        }
+        if let Some(stats) = &summary.evaluation.coefficients {
+            let svg = crate::plot::coefficient_heatmap(stats, self.test.dataset().classes());
+            write_atomic(&self.dir.join("coefficients.svg"), svg.as_bytes())?;
         }
         Ok(summary)
     }
@@ -761,27 +901,7 @@ impl Run {
 
     /// The joint loss of a batch.
     fn loss(&self, batch: &Batch) -> Result<Tensor, TrainError> {
-        let (light, special) = self.model.forward(batch, true)?;
-        let classes = special.size()[1];
-        let targets = match &batch.targets {
-            Some(t) => t.shallow_clone(),
-            None => smoothed(&batch.labels, classes, self.recipe.loss.label_smoothing)?,
-        };
-        let l = &self.recipe.loss;
-        let teacher = self.teacher.as_ref().map(|t| t.logits(batch)).transpose()?;
-        let term = |logits: &Tensor| -> Result<Tensor, TrainError> {
-            let mut loss = soft_cross_entropy(logits, &targets)?;
-            if let Some(t) = &teacher {
-                let kd = distillation(logits, t, l.distill_temperature)?;
-                loss = loss.f_add(&kd.f_mul_scalar(l.distill_weight)?)?;
-            }
-            Ok(loss)
-        };
-        let mut loss = term(&special)?;
-        if let Some(light) = light {
-            loss = loss.f_add(&term(&light)?.f_mul_scalar(l.light_weight)?)?;
-        }
-        Ok(loss)
+        joint_loss(&self.model, batch, &self.recipe.loss, self.teacher.as_ref())
     }
 
     fn evaluate(&self) -> Result<Evaluation, TrainError> {

@@ -1,0 +1,267 @@
+//! `basisnet benchmark`: inference throughput of one model, batch size, precision and
+//! device, as `cargo xtask bench` runs it side by side with `scripts/inference_bench.py`.
+
+use anyhow::{bail, Context, Result};
+use basis_models::{checkpoint, presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchModel {
+    /// The static MobileNetV3-Large (torchvision's), 1000 classes.
+    MobilenetV3Large,
+    /// `basisnet-mv3`, every sample through both stages.
+    BasisnetMv3,
+    /// `basisnet-mv3` with early exit: the threshold lets `--exit-rate` of the batch stop
+    /// after the lightweight stage.
+    BasisnetMv3Exit,
+}
+
+/// Arithmetic precision of weights and activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Precision {
+    /// fp32.
+    F32,
+    /// bfloat16 weights and activations (AMX on recent Xeons).
+    Bf16,
+}
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  basisnet benchmark --model mobilenet-v3-large --batch 32\n  basisnet benchmark --model basisnet-mv3 --batch 1 --precision bf16 --json\n  basisnet benchmark --model basisnet-mv3-exit --exit-rate 0.5 --save-state /tmp/state.safetensors"
+)]
+pub struct BenchArgs {
+    /// The model.
+    #[arg(long, value_enum, default_value = "basisnet-mv3")]
+    model: BenchModel,
+    /// Images per batch (224 px, 3 channels).
+    #[arg(long, default_value_t = 32)]
+    batch: i64,
+    /// Precision.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: Precision,
+    /// cpu or cuda (default: cuda when available).
+    #[arg(long)]
+    device: Option<String>,
+    /// Timed batches (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Untimed batches first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Fraction of the batch that exits early (basisnet-mv3-exit).
+    #[arg(long, default_value_t = 0.5)]
+    exit_rate: f64,
+    /// Seed of the weights and the batch.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// Write the weights, the batch and the exit threshold here (fp32 safetensors), for the
+    /// PyTorch side to run the same numbers. Refuses to overwrite an existing file.
+    #[arg(long)]
+    save_state: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The process's peak resident memory in MiB (`VmHWM`), on Linux.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A model ready to run a batch.
+enum Net {
+    Static(MobileNet),
+    Basis(Box<BasisNet>, Option<f64>),
+}
+
+impl Net {
+    fn run(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Net::Static(net) => net.forward_t(images, &[], false)?,
+            Net::Basis(net, None) => {
+                let light = net.lightweight_input(images)?;
+                net.forward_t(&light, images, false)?.specialist_logits
+            }
+            Net::Basis(net, Some(threshold)) => {
+                let light = net.lightweight_input(images)?;
+                net.early_exit(&light, images, *threshold)?.logits
+            }
+        })
+    }
+}
+
+fn device(name: Option<&str>) -> Result<Device> {
+    Ok(match name {
+        None if tch::Cuda::is_available() => Device::Cuda(0),
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
+        Some("cuda") => bail!("--device cuda was asked for, but libtorch sees no CUDA device"),
+        Some(other) => bail!("--device must be cpu or cuda, found {other:?}"),
+    })
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.batch < 1 || args.iters < 1 {
+        bail!(
+            "--batch and --iters must be >= 1, found {} and {}",
+            args.batch,
+            args.iters
+        );
+    }
+    if !(0.0..=1.0).contains(&args.exit_rate) {
+        bail!("--exit-rate must be in [0, 1], found {}", args.exit_rate);
+    }
+    if let Some(path) = &args.save_state {
+        if path.exists() {
+            bail!("{} already exists; not overwriting it", path.display());
+        }
+    }
+    let device = device(args.device.as_deref())?;
+    tch::manual_seed(args.seed);
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let (net, params, madds) = match args.model {
+        BenchModel::MobilenetV3Large => {
+            let net = MobileNet::new(
+                &vs.root(),
+                MobileNetConfig::new(Arch::MobilenetV3Large),
+                BasisSpec::fixed(),
+            )?;
+            let p = net.profile(224)?.total;
+            (Net::Static(net), p.params, p.madds as f64)
+        }
+        BenchModel::BasisnetMv3 | BenchModel::BasisnetMv3Exit => {
+            let net = BasisNet::new(&vs.root(), presets::get("basisnet-mv3")?)?;
+            let (params, madds) = (net.profile().params, net.profile().total_madds() as f64);
+            (Net::Basis(Box::new(net), None), params, madds)
+        }
+    };
+    let images = Tensor::randn([args.batch, 3, 224, 224], (Kind::Float, Device::Cpu));
+
+    // Early exit: the threshold at the wanted quantile of the lightweight confidences.
+    let (net, threshold, madds) = match (net, args.model) {
+        (Net::Basis(net, _), BenchModel::BasisnetMv3Exit) => {
+            let light = tch::no_grad(|| -> Result<Tensor> {
+                let out = net
+                    .lightweight()
+                    .forward_t(&net.lightweight_input(&images)?, false)?;
+                Ok(out
+                    .logits
+                    .f_softmax(-1, Kind::Float)?
+                    .f_amax([-1].as_slice(), false)?)
+            })?;
+            let mut confidence: Vec<f32> = Vec::try_from(&light)?;
+            confidence.sort_by(f32::total_cmp);
+            let exits = (args.exit_rate * args.batch as f64).round() as usize;
+            // Samples at or above the threshold exit: the `exits` most confident ones.
+            let threshold = if exits == 0 {
+                f64::INFINITY
+            } else {
+                let k = confidence.len() - exits;
+                let hi = f64::from(confidence[k]);
+                let lo = if k > 0 {
+                    f64::from(confidence[k - 1])
+                } else {
+                    0.0
+                };
+                (hi + lo) / 2.0
+            };
+            let exit_rate = exits as f64 / args.batch as f64;
+            let p = net.profile();
+            let madds = p.average_madds(exit_rate);
+            (Net::Basis(net, Some(threshold)), Some(threshold), madds)
+        }
+        (net, _) => (net, None, madds),
+    };
+
+    if let Some(path) = &args.save_state {
+        // The fp32 CPU logits, for the other side's parity check.
+        let logits = tch::no_grad(|| net.run(&images))?;
+        let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        tensors.push(("batch.images".into(), images.shallow_clone()));
+        tensors.push(("batch.logits".into(), logits));
+        let mut metadata = checkpoint::Metadata::new();
+        metadata.insert("model".into(), format!("{:?}", args.model));
+        if let Some(t) = threshold {
+            metadata.insert("threshold".into(), t.to_string());
+        }
+        checkpoint::write(path, &tensors, &metadata)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    if device != Device::Cpu {
+        vs.set_device(device);
+    }
+    let mut images = images.to_device(device);
+    if args.precision == Precision::Bf16 {
+        vs.bfloat16();
+        images = images.to_kind(Kind::BFloat16);
+    }
+    let mut seconds = Vec::with_capacity(args.iters);
+    tch::no_grad(|| -> Result<()> {
+        for i in 0..args.warmup + args.iters {
+            let start = Instant::now();
+            let out = net.run(&images)?;
+            sync(device);
+            if i >= args.warmup {
+                seconds.push(start.elapsed().as_secs_f64());
+            }
+            if i == 0 && out.f_isnan()?.f_any()?.f_int64_value(&[])? != 0 {
+                bail!("the model returned NaN logits");
+            }
+        }
+        Ok(())
+    })?;
+    let ms = 1000.0 * median(seconds);
+    let images_per_s = args.batch as f64 * 1000.0 / ms;
+    let device_name = match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        _ => format!("{device:?}"),
+    };
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "model": format!("{:?}", args.model),
+                "batch": args.batch,
+                "precision": format!("{:?}", args.precision).to_lowercase(),
+                "device": device_name,
+                "images_per_s": images_per_s,
+                "ms_per_batch": ms,
+                "peak_rss_mib": peak_rss_mib(),
+                "params": params,
+                "madds": madds,
+                "threshold": threshold,
+            })
+        );
+    } else {
+        println!(
+            "{:?}, batch {}, {:?}, {device_name}: {ms:.2} ms per batch, {images_per_s:.1} images/s, peak memory {:.0} MiB, {params} params, {:.1}M MAdds per image",
+            args.model,
+            args.batch,
+            args.precision,
+            peak_rss_mib().unwrap_or(f64::NAN),
+            madds / 1e6
+        );
+    }
+    Ok(())
+}

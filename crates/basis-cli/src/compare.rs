@@ -1,0 +1,254 @@
+//! `basisnet compare`: one table and plots over several finished runs (what
+//! `cargo xtask repro` writes): accuracy, cost, early exit, and the coefficients.
+
+use anyhow::{bail, Context, Result};
+use basis_train::plot::{line_chart, Series};
+use basis_train::recipe::Stage;
+use basis_train::{ExitPoint, Recipe};
+use clap::Args;
+use serde::Deserialize;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+#[derive(Args)]
+#[command(
+    after_help = "Examples:\n  basisnet compare runs/static runs/n2 runs/n4 runs/n8 --out runs/compare\n  basisnet compare runs/* --out report --max-drop 0.01"
+)]
+pub struct CompareArgs {
+    /// Finished run directories (each with metrics.json and recipe.toml).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Where the table (results.md, results.json) and plots go; created, files in it
+    /// replaced.
+    #[arg(long)]
+    out: PathBuf,
+    /// The early-exit column: the cheapest threshold within this accuracy drop of the
+    /// specialist.
+    #[arg(long, default_value_t = 0.005)]
+    max_drop: f64,
+}
+
+#[derive(Deserialize)]
+struct Metrics {
+    light_top1: Option<f64>,
+    specialist_top1: f64,
+    ema_specialist_top1: Option<f64>,
+    #[serde(default)]
+    early_exit: Vec<ExitPoint>,
+    light_madds: i64,
+    full_madds: i64,
+    epochs: usize,
+    train_seconds: f64,
+    #[serde(default)]
+    coefficients: Option<basis_train::CoefficientStats>,
+}
+
+struct RunRow {
+    name: String,
+    what: String,
+    bases: i64,
+    basisnet: bool,
+    metrics: Metrics,
+}
+
+fn load(dir: &Path) -> Result<RunRow> {
+    let metrics_path = dir.join("metrics.json");
+    let text = std::fs::read_to_string(&metrics_path).with_context(|| {
+        format!(
+            "{}: expected a finished run directory with metrics.json",
+            dir.display()
+        )
+    })?;
+    let metrics: Metrics = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a run's metrics", metrics_path.display()))?;
+    let recipe = Recipe::load(&dir.join("recipe.toml").display().to_string())?;
+    let config = recipe.basisnet()?;
+    let backbone =
+        |c: &basis_models::MobileNetConfig, r: i64| format!("{} {} at {r} px", c.arch, c.width);
+    let (what, bases) = match (recipe.model.baseline, recipe.model.baseline_of) {
+        (true, Stage::Lightweight) => (
+            format!(
+                "lightweight alone: {}",
+                backbone(&config.specialist, config.resolution)
+            ),
+            1,
+        ),
+        (true, Stage::Specialist) => (
+            format!(
+                "static: {}",
+                backbone(&config.specialist, config.resolution)
+            ),
+            1,
+        ),
+        (false, _) => (
+            format!(
+                "BasisNet, N = {}: {}",
+                config.basis.num_bases,
+                backbone(&config.specialist, config.resolution)
+            ),
+            config.basis.num_bases,
+        ),
+    };
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    Ok(RunRow {
+        name,
+        what,
+        bases,
+        basisnet: !recipe.model.baseline,
+        metrics,
+    })
+}
+
+/// The cheapest early-exit point within `max_drop` of the specialist.
+fn operating_point(m: &Metrics, max_drop: f64) -> Option<&ExitPoint> {
+    m.early_exit
+        .iter()
+        .filter(|p| p.top1 >= m.specialist_top1 - max_drop)
+        .min_by(|a, b| a.avg_madds.total_cmp(&b.avg_madds))
+}
+
+pub fn run(args: &CompareArgs) -> Result<()> {
+    if !(0.0..1.0).contains(&args.max_drop) {
+        bail!("--max-drop must be in [0, 1), found {}", args.max_drop);
+    }
+    let rows = args
+        .runs
+        .iter()
+        .map(|d| load(d))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+    let mut md = format!(
+        "| run | model | epochs | specialist top-1 | EMA top-1 | lightweight top-1 | MAdds | early exit (within {:.1} points) | coefficient entropy / ln N | mean largest coefficient | training s |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        100.0 * args.max_drop
+    );
+    let mut json_rows = Vec::new();
+    for r in &rows {
+        let m = &r.metrics;
+        let exit = operating_point(m, args.max_drop);
+        let coeff = m.coefficients.as_ref();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            r.name,
+            r.what,
+            m.epochs,
+            pct(m.specialist_top1),
+            m.ema_specialist_top1.map(pct).unwrap_or_else(|| "-".into()),
+            m.light_top1.map(pct).unwrap_or_else(|| "-".into()),
+            m.full_madds,
+            exit.map(|p| format!(
+                "t = {}: {} at {:.0} MAdds ({:.0}% exit)",
+                p.threshold,
+                pct(p.top1),
+                p.avg_madds,
+                100.0 * p.exit_rate
+            ))
+            .unwrap_or_else(|| "-".into()),
+            coeff
+                .map(|c| format!("{:.3}", c.mean_entropy / (c.num_bases.max(2) as f64).ln()))
+                .unwrap_or_else(|| "-".into()),
+            coeff
+                .map(|c| format!("{:.3}", c.mean_max))
+                .unwrap_or_else(|| "-".into()),
+            m.train_seconds
+        );
+        json_rows.push(json!({
+            "run": r.name,
+            "model": r.what,
+            "num_bases": r.bases,
+            "epochs": m.epochs,
+            "specialist_top1": m.specialist_top1,
+            "ema_specialist_top1": m.ema_specialist_top1,
+            "light_top1": m.light_top1,
+            "light_madds": m.light_madds,
+            "full_madds": m.full_madds,
+            "early_exit": m.early_exit,
+            "operating_point": exit,
+            "coefficients": m.coefficients,
+            "train_seconds": m.train_seconds,
+        }));
+        if coeff.is_some() {
+            let svg = r#"coefficients.svg"#;
+            let from = args
+                .runs
+                .iter()
+                .find(|d| d.ends_with(&r.name))
+                .map(|d| d.join(svg));
+            if let Some(from) = from.filter(|f| f.exists()) {
+                std::fs::copy(&from, args.out.join(format!("coefficients-{}.svg", r.name)))
+                    .with_context(|| format!("copying {}", from.display()))?;
+            }
+        }
+    }
+
+    // Accuracy against the number of bases (static = 1) for the specialist-sized runs.
+    let mut by_bases: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| !r.what.starts_with("lightweight"))
+        .map(|r| (r.bases as f64, 100.0 * r.metrics.specialist_top1))
+        .collect();
+    by_bases.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut series = vec![Series {
+        name: "specialist (N = 1: static)".into(),
+        points: by_bases,
+    }];
+    if let Some(light) = rows.iter().find(|r| r.what.starts_with("lightweight")) {
+        let n: Vec<f64> = rows.iter().map(|r| r.bases as f64).collect();
+        let (lo, hi) = (
+            n.iter().copied().fold(f64::INFINITY, f64::min),
+            n.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        );
+        let y = 100.0 * light.metrics.specialist_top1;
+        series.push(Series {
+            name: "lightweight model alone".into(),
+            points: vec![(lo, y), (hi, y)],
+        });
+    }
+    std::fs::write(
+        args.out.join("accuracy_vs_bases.svg"),
+        line_chart(
+            "Test top-1 against the number of bases",
+            "bases N",
+            "top-1 (%)",
+            &series,
+        ),
+    )?;
+    let curves: Vec<Series> = rows
+        .iter()
+        .filter(|r| r.basisnet)
+        .map(|r| Series {
+            name: format!("N = {}", r.bases),
+            points: r
+                .metrics
+                .early_exit
+                .iter()
+                .map(|p| (p.avg_madds, 100.0 * p.top1))
+                .collect(),
+        })
+        .collect();
+    if !curves.is_empty() {
+        std::fs::write(
+            args.out.join("early_exit.svg"),
+            line_chart(
+                "Early exit: accuracy against average MAdds",
+                "MAdds per image (average)",
+                "top-1 (%)",
+                &curves,
+            ),
+        )?;
+    }
+    std::fs::write(args.out.join("results.md"), &md)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&json_rows)?,
+    )?;
+    print!("{md}");
+    eprintln!("compare: wrote {}", args.out.join("results.md").display());
+    Ok(())
+}
