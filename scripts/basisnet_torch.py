@@ -95,13 +95,14 @@ class BasisNet(nn.Module):
         basis_layers(self.specialist, n, self.ctx)
 
     def light_input(self, images):
+        # The antialiased resize has no bf16 CPU kernel: resize in fp32.
         return F.interpolate(
-            images,
+            images.float(),
             size=(self.light_resolution, self.light_resolution),
             mode="bilinear",
             align_corners=False,
             antialias=True,
-        )
+        ).to(images.dtype)
 
     def lightweight_stage(self, images):
         lw = self.lightweight

@@ -159,15 +159,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Early exit: the threshold at the wanted quantile of the lightweight confidences.
     let (net, threshold, madds) = match (net, args.model) {
         (Net::Basis(net, _), BenchModel::BasisnetMv3Exit) => {
-            let light = tch::no_grad(|| -> Result<Tensor> {
-                let out = net
-                    .lightweight()
-                    .forward_t(&net.lightweight_input(&images)?, false)?;
-                Ok(out
-                    .logits
-                    .f_softmax(-1, Kind::Float)?
-                    .f_amax([-1].as_slice(), false)?)
+            let light_logits = || {
+                tch::no_grad(|| -> Result<Tensor> {
+                    let input = net.lightweight_input(&images)?;
+                    Ok(net.lightweight().forward_t(&input, false)?.logits)
+                })
+            };
+            // Untrained, the lightweight model is equally unsure of every image (max
+            // softmax ~1/1000), and a threshold between such close values would not
+            // survive bf16 rounding. Scale its last layer so the logits spread with a
+            // standard deviation of 4, as a trained model's confidences do.
+            let spread = light_logits()?.f_std(true)?.f_double_value(&[])?;
+            tch::no_grad(|| -> Result<()> {
+                for (name, mut var) in vs.variables() {
+                    if name.starts_with("lightweight.classifier.3.") {
+                        let _ = var.f_mul_scalar_(4.0 / spread.max(1e-12))?;
+                    }
+                }
+                Ok(())
             })?;
+            let light = light_logits()?
+                .f_softmax(-1, Kind::Float)?
+                .f_amax([-1].as_slice(), false)?;
             let mut confidence: Vec<f32> = Vec::try_from(&light)?;
             confidence.sort_by(f32::total_cmp);
             let exits = (args.exit_rate * args.batch as f64).round() as usize;
@@ -230,6 +243,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    // Images that went through the specialist in the timed precision.
+    let specialist_images = match &net {
+        Net::Basis(basis, Some(t)) => tch::no_grad(|| -> Result<usize> {
+            let light = basis.lightweight_input(&images)?;
+            let out = basis.early_exit(&light, &images, *t)?;
+            Ok(out
+                .stages
+                .iter()
+                .filter(|s| **s == basis_models::Stage::Specialist)
+                .count())
+        })?,
+        Net::Basis(_, None) => args.batch as usize,
+        Net::Static(_) => 0,
+    };
     let ms = 1000.0 * median(seconds);
     let images_per_s = args.batch as f64 * 1000.0 / ms;
     let device_name = match device {
@@ -251,6 +278,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "params": params,
                 "madds": madds,
                 "threshold": threshold,
+                "specialist_images": specialist_images,
             })
         );
     } else {

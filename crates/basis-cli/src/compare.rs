@@ -45,10 +45,12 @@ struct Metrics {
 }
 
 struct RunRow {
+    dir: PathBuf,
     name: String,
     what: String,
     bases: i64,
     basisnet: bool,
+    lightweight_alone: bool,
     metrics: Metrics,
 }
 
@@ -95,10 +97,12 @@ fn load(dir: &Path) -> Result<RunRow> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| dir.display().to_string());
     Ok(RunRow {
+        dir: dir.to_path_buf(),
         name,
         what,
         bases,
         basisnet: !recipe.model.baseline,
+        lightweight_alone: recipe.model.baseline && recipe.model.baseline_of == Stage::Lightweight,
         metrics,
     })
 }
@@ -173,24 +177,18 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             "coefficients": m.coefficients,
             "train_seconds": m.train_seconds,
         }));
-        if coeff.is_some() {
-            let svg = r#"coefficients.svg"#;
-            let from = args
-                .runs
-                .iter()
-                .find(|d| d.ends_with(&r.name))
-                .map(|d| d.join(svg));
-            if let Some(from) = from.filter(|f| f.exists()) {
-                std::fs::copy(&from, args.out.join(format!("coefficients-{}.svg", r.name)))
-                    .with_context(|| format!("copying {}", from.display()))?;
-            }
+        let heatmap = r.dir.join("coefficients.svg");
+        if heatmap.exists() {
+            let copy = args.out.join(format!("coefficients-{}.svg", r.name));
+            std::fs::copy(&heatmap, &copy)
+                .with_context(|| format!("copying {}", heatmap.display()))?;
         }
     }
 
     // Accuracy against the number of bases (static = 1) for the specialist-sized runs.
     let mut by_bases: Vec<(f64, f64)> = rows
         .iter()
-        .filter(|r| !r.what.starts_with("lightweight"))
+        .filter(|r| !r.lightweight_alone)
         .map(|r| (r.bases as f64, 100.0 * r.metrics.specialist_top1))
         .collect();
     by_bases.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -198,7 +196,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         name: "specialist (N = 1: static)".into(),
         points: by_bases,
     }];
-    if let Some(light) = rows.iter().find(|r| r.what.starts_with("lightweight")) {
+    if let Some(light) = rows.iter().find(|r| r.lightweight_alone) {
         let n: Vec<f64> = rows.iter().map(|r| r.bases as f64).collect();
         let (lo, hi) = (
             n.iter().copied().fold(f64::INFINITY, f64::min),

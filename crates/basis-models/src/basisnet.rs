@@ -237,7 +237,14 @@ impl BasisNet {
                 found: format!("{size:?}"),
             });
         }
-        Ok(images.f_internal_upsample_bilinear2d_aa([r, r], false, None, None)?)
+        // libtorch's antialiased resize has no bf16/f16 CPU kernel: resize in fp32.
+        let kind = images.f_kind()?;
+        let resized = match kind {
+            Kind::Float | Kind::Double => images.shallow_clone(),
+            _ => images.f_to_kind(Kind::Float)?,
+        }
+        .f_internal_upsample_bilinear2d_aa([r, r], false, None, None)?;
+        Ok(resized.f_to_kind(kind)?)
     }
 
     /// Training forward: lightweight logits, coefficients (with basis dropout when

@@ -86,13 +86,19 @@ impl BatchNorm2d {
     }
 }
 
-/// Apply a nonlinearity.
-pub fn activate(x: Tensor, act: Option<Act>) -> Result<Tensor> {
-    Ok(match act {
-        None => x,
-        Some(Act::Relu) => x.f_relu()?,
-        Some(Act::Relu6) => x.f_relu6()?,
-        Some(Act::Hardswish) => x.f_hardswish()?,
+/// Apply a nonlinearity; in place when `x` needs no gradient (inference), as
+/// torchvision's `inplace=True` activations do, which saves one activation-sized
+/// allocation (and its page faults) per layer.
+pub fn activate(mut x: Tensor, act: Option<Act>) -> Result<Tensor> {
+    let in_place = !x.requires_grad();
+    Ok(match (act, in_place) {
+        (None, _) => x,
+        (Some(Act::Relu), true) => x.f_relu_()?,
+        (Some(Act::Relu), false) => x.f_relu()?,
+        (Some(Act::Relu6), true) => x.f_clamp_(0.0, 6.0)?,
+        (Some(Act::Relu6), false) => x.f_relu6()?,
+        (Some(Act::Hardswish), true) => x.f_hardswish_()?,
+        (Some(Act::Hardswish), false) => x.f_hardswish()?,
     })
 }
 
@@ -329,7 +335,12 @@ impl SqueezeExcite {
         let s = x.f_adaptive_avg_pool2d([1, 1])?;
         let s = self.fc1.forward(&s, coefficients)?.f_relu()?;
         let s = self.fc2.forward(&s, coefficients)?.f_hardsigmoid()?;
-        Ok(x.f_mul(&s)?)
+        if x.requires_grad() || s.requires_grad() {
+            Ok(x.f_mul(&s)?)
+        } else {
+            // Inference: scale the block's own intermediate in place.
+            Ok(x.shallow_clone().f_mul_(&s)?)
+        }
     }
 }
 

@@ -500,10 +500,10 @@ impl MobileNet {
                         y = se.forward(&y, coefficients)?;
                     }
                     y = block.project.forward_t(&y, coefficients, train)?;
-                    if block.residual {
-                        y.f_add(&x)?
-                    } else {
-                        y
+                    match (block.residual, y.requires_grad()) {
+                        (true, true) => y.f_add(&x)?,
+                        (true, false) => y.f_add_(&x)?,
+                        (false, _) => y,
                     }
                 }
             };

@@ -344,6 +344,66 @@ pub struct CoefficientStats {
     pub mean_max: f64,
 }
 
+/// Sums behind [`CoefficientStats`], batch by batch.
+#[derive(Default)]
+struct CoefficientAccumulator {
+    class_sums: Vec<Vec<f64>>,
+    class_counts: Vec<usize>,
+    entropy_sum: f64,
+    max_sum: f64,
+}
+
+impl CoefficientAccumulator {
+    /// Add the coefficient vectors `[B, N]` of a batch with their true labels `[B]`.
+    fn add(&mut self, alpha: &Tensor, labels: &Tensor) -> Result<(), TrainError> {
+        let n_bases = alpha.size()[1] as usize;
+        let rows = Vec::<f32>::try_from(&alpha.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
+        let labels = Vec::<i64>::try_from(labels)?;
+        for (row, &label) in rows.chunks(n_bases).zip(&labels) {
+            let k = label.max(0) as usize;
+            if self.class_sums.len() <= k {
+                self.class_sums.resize(k + 1, vec![0.0; n_bases]);
+                self.class_counts.resize(k + 1, 0);
+            }
+            self.class_counts[k] += 1;
+            let mut max = 0.0f64;
+            for (sum, &a) in self.class_sums[k].iter_mut().zip(row) {
+                let a = f64::from(a);
+                *sum += a;
+                max = max.max(a);
+                if a > 0.0 {
+                    self.entropy_sum -= a * a.ln();
+                }
+            }
+            self.max_sum += max;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Option<CoefficientStats> {
+        let num_bases = self.class_sums.first()?.len();
+        let total = self.class_counts.iter().sum::<usize>().max(1) as f64;
+        let mut mean = vec![0.0; num_bases];
+        for sums in &self.class_sums {
+            for (m, s) in mean.iter_mut().zip(sums) {
+                *m += s / total;
+            }
+        }
+        Some(CoefficientStats {
+            num_bases,
+            per_class_mean: self
+                .class_sums
+                .iter()
+                .zip(&self.class_counts)
+                .map(|(s, &c)| s.iter().map(|v| v / c.max(1) as f64).collect())
+                .collect(),
+            mean,
+            mean_entropy: self.entropy_sum / total,
+            mean_max: self.max_sum / total,
+        })
+    }
+}
+
 /// Evaluate `model` (and `ema`) on `loader`, with the early-exit curve over `thresholds`.
 pub fn evaluate(
     model: &Model,
@@ -357,34 +417,12 @@ pub fn evaluate(
     let mut confidences: Vec<f32> = Vec::new();
     let mut light_ok: Vec<bool> = Vec::new();
     let mut special_ok: Vec<bool> = Vec::new();
-    let mut class_sums: Vec<Vec<f64>> = Vec::new();
-    let mut class_counts: Vec<usize> = Vec::new();
-    let (mut entropy_sum, mut max_sum) = (0.0, 0.0);
+    let mut coefficient_stats = CoefficientAccumulator::default();
     for batch in loader.epoch(0) {
         let batch = batch?.to_tensors(Device::Cpu)?;
         let (light, special, coefficients) = model.forward_with_coefficients(&batch, false)?;
         if let Some(alpha) = coefficients.first() {
-            let n_bases = alpha.size()[1] as usize;
-            let rows = Vec::<f32>::try_from(&alpha.f_to_kind(Kind::Float)?.f_flatten(0, -1)?)?;
-            let labels = Vec::<i64>::try_from(&batch.labels)?;
-            for (row, &label) in rows.chunks(n_bases).zip(&labels) {
-                let k = label.max(0) as usize;
-                if class_sums.len() <= k {
-                    class_sums.resize(k + 1, vec![0.0; n_bases]);
-                    class_counts.resize(k + 1, 0);
-                }
-                class_counts[k] += 1;
-                let mut max = 0.0f64;
-                for (i, &a) in row.iter().enumerate() {
-                    let a = f64::from(a);
-                    class_sums[k][i] += a;
-                    max = max.max(a);
-                    if a > 0.0 {
-                        entropy_sum -= a * a.ln();
-                    }
-                }
-                max_sum += max;
-            }
+            coefficient_stats.add(alpha, &batch.labels)?;
         }
         let (top1, top5) = correct(&special, &batch.labels)?;
         s1 += top1.f_sum(Kind::Int64)?.f_int64_value(&[])?;
@@ -435,27 +473,7 @@ pub fn evaluate(
     } else {
         Vec::new()
     };
-    let coefficients = (!class_sums.is_empty()).then(|| {
-        let num_bases = class_sums[0].len();
-        let total: usize = class_counts.iter().sum();
-        let mut mean = vec![0.0; num_bases];
-        for sums in &class_sums {
-            for (m, s) in mean.iter_mut().zip(sums) {
-                *m += s / total.max(1) as f64;
-            }
-        }
-        CoefficientStats {
-            num_bases,
-            per_class_mean: class_sums
-                .iter()
-                .zip(&class_counts)
-                .map(|(s, &c)| s.iter().map(|v| v / c.max(1) as f64).collect())
-                .collect(),
-            mean,
-            mean_entropy: entropy_sum / total.max(1) as f64,
-            mean_max: max_sum / total.max(1) as f64,
-        }
-    });
+    let coefficients = coefficient_stats.finish();
     Ok(Evaluation {
         coefficients,
         images: n,
