@@ -5,14 +5,10 @@ mod common;
 use common::basisnet;
 use std::path::PathBuf;
 
-#[test]
-fn benchmark_prints_throughput_cost_and_memory_and_saves_the_state_once() {
-    let (ok, out, err) = basisnet(&[
+/// `basisnet benchmark --json` on the CPU, one timed batch, no warm-up, plus `extra`.
+fn quick(extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
         "benchmark",
-        "--model",
-        "mobilenet-v3-large",
-        "--batch",
-        "2",
         "--iters",
         "1",
         "--warmup",
@@ -20,7 +16,14 @@ fn benchmark_prints_throughput_cost_and_memory_and_saves_the_state_once() {
         "--device",
         "cpu",
         "--json",
-    ]);
+    ];
+    args.extend(extra);
+    basisnet(&args)
+}
+
+#[test]
+fn benchmark_prints_throughput_cost_and_memory_and_saves_the_state_once() {
+    let (ok, out, err) = quick(&["--model", "mobilenet-v3-large", "--batch", "2"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["images_per_s"].as_f64().unwrap() > 0.0);
@@ -34,21 +37,13 @@ fn benchmark_prints_throughput_cost_and_memory_and_saves_the_state_once() {
     let state = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-state.safetensors");
     let _ = std::fs::remove_file(&state);
     let s = state.to_str().unwrap();
-    let (ok, out, err) = basisnet(&[
-        "benchmark",
+    let (ok, out, err) = quick(&[
         "--model",
         "basisnet-mv3-exit",
         "--batch",
         "4",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
-        "--device",
-        "cpu",
         "--exit-rate",
         "0.5",
-        "--json",
         "--save-state",
         s,
     ]);
@@ -58,6 +53,8 @@ fn benchmark_prints_throughput_cost_and_memory_and_saves_the_state_once() {
     let light = 73_427_840.0 + 7_680.0;
     assert_eq!(v["madds"].as_f64().unwrap(), light + 0.5 * (full - light));
     assert!(v["threshold"].as_f64().unwrap().is_finite());
+    // The two least confident images go through the specialist.
+    assert_eq!(v["specialist_images"], 2);
     let (tensors, metadata) = basis_models::checkpoint::read(&state).unwrap();
     assert_eq!(tensors["batch.images"].size(), [4, 3, 224, 224]);
     assert_eq!(tensors["batch.logits"].size(), [4, 1000]);
