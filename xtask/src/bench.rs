@@ -223,6 +223,20 @@ fn date() -> String {
         .unwrap_or_default()
 }
 
+/// Run `cmd` and parse its standard output as one JSON value; `what` names it in errors.
+fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("could not start {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{what} printed no JSON"))
+}
+
 /// The end-to-end inference rows: a markdown table and the comparison rows.
 fn inference(
     root: &Path,
@@ -285,15 +299,10 @@ fn inference(
                     if save {
                         cmd.arg("--save-state").arg(&state);
                     }
-                    let out = cmd.output().context("could not start basisnet benchmark")?;
-                    if !out.status.success() {
-                        bail!(
-                            "basisnet benchmark --model {arg} --batch {batch} --precision {precision} failed: {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
-                    serde_json::from_slice(&out.stdout)
-                        .context("basisnet benchmark printed no JSON")
+                    json_of(
+                        &mut cmd,
+                        &format!("basisnet benchmark --model {arg} --batch {batch} --precision {precision}"),
+                    )
                 };
                 let run_theirs = || -> Result<Value> {
                     let mut py = Command::new("python3");
@@ -303,15 +312,10 @@ fn inference(
                         .args([&iters.to_string(), "2", &threads])
                         .env("OMP_NUM_THREADS", &threads);
                     torch.apply_env(&mut py);
-                    let out = py.output().context("could not start python3")?;
-                    if !out.status.success() {
-                        bail!(
-                            "scripts/inference_bench.py {py_name} {batch} {precision} failed: {}",
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        );
-                    }
-                    serde_json::from_slice(&out.stdout)
-                        .context("inference_bench.py printed no JSON")
+                    json_of(
+                        &mut py,
+                        &format!("scripts/inference_bench.py {py_name} {batch} {precision}"),
+                    )
                 };
                 // Two rounds, alternating sides (ours, PyTorch, ours, PyTorch); each side
                 // keeps its faster process, so a slow spell of this shared machine does
