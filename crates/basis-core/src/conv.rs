@@ -203,6 +203,68 @@ impl BasisConv2d {
         )?)
     }
 
+    /// The static layer followed by the per-output-channel affine map `y * scale + shift`
+    /// (`[Cout]` each), run as one convolution whose kernel and bias absorb the map: an
+    /// inference batch norm folded into the layer saves a pass over the output.
+    ///
+    /// ```
+    /// use basis_core::{BasisConv2d, Conv2dGeometry};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let conv = BasisConv2d::new(&vs.root(), Conv2dGeometry::new(3, 4, 3).padding(1), 1, false)?;
+    /// let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    /// let scale = Tensor::from_slice(&[0.5f32, 2.0, -1.0, 1.5]);
+    /// let shift = Tensor::from_slice(&[0.1f32, 0.2, 0.3, -0.4]);
+    /// let folded = conv.forward_static_affine(&x, &scale, &shift)?;
+    /// let apart = conv.forward_static(&x)? * scale.view([1, 4, 1, 1]) + shift.view([1, 4, 1, 1]);
+    /// assert!(folded.allclose(&apart, 1e-5, 1e-5, false));
+    /// # Ok::<(), basis_core::BasisError>(())
+    /// ```
+    pub fn forward_static_affine(
+        &self,
+        input: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Tensor> {
+        let out = self.geometry.out_channels;
+        for (what, t) in [("scale", scale), ("shift", shift)] {
+            if t.size() != [out] {
+                return Err(BasisError::Unsupported {
+                    strategy: "static",
+                    reason: format!(
+                        "the affine {what} must have shape [{out}], found {:?}",
+                        t.size()
+                    ),
+                });
+            }
+        }
+        if self.num_bases != 1 {
+            return Err(BasisError::Unsupported {
+                strategy: "static",
+                reason: format!(
+                    "the layer has {} bases and needs coefficients",
+                    self.num_bases
+                ),
+            });
+        }
+        self.check_input(input)?;
+        let weight = self.weight.f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
+        let bias = match &self.bias {
+            Some(b) => b.f_mul(scale)?.f_add(shift)?,
+            None => shift.shallow_clone(),
+        };
+        let g = &self.geometry;
+        Ok(input.f_conv2d(
+            &weight,
+            Some(&bias),
+            g.stride,
+            g.padding,
+            g.dilation,
+            g.groups,
+        )?)
+    }
+
     /// The kernel and bias of one coefficient vector `[N]` or `[1, N]`, shaped as a plain
     /// `Conv2d`'s: what baking a specialist into a static network stores.
     pub fn synthesize(&self, coefficients: &Tensor) -> Result<(Tensor, Option<Tensor>)> {

@@ -270,6 +270,52 @@ impl BasisNet {
         })
     }
 
+    /// Static warm-up forward: the lightweight model as in [`BasisNet::forward_t`], and the
+    /// specialist with the mean of its bases for every image (one uniform coefficient row
+    /// `[1, N]`, run as one shared kernel, at the cost of a static network). Training
+    /// this way moves every basis by the same step, so the specialist starts its
+    /// per-image phase as a trained static network whose bases differ by their initial
+    /// noise; the coefficient head gets no gradient. The returned coefficients are the
+    /// uniform rows.
+    ///
+    /// ```
+    /// use basis_models::{presets, BasisNet};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let net = BasisNet::new(&vs.root(), presets::get("basisnet-fashion")?)?;
+    /// let images = Tensor::rand([3, 1, 28, 28], (Kind::Float, Device::Cpu));
+    /// let light = net.lightweight_input(&images)?;
+    /// let out = net.forward_mean_t(&light, &images, false)?;
+    /// assert_eq!(out.coefficients[0].size(), [1, 4]);
+    /// assert_eq!(out.specialist_logits.size(), [3, 10]);
+    /// # Ok::<(), basis_models::ModelError>(())
+    /// ```
+    pub fn forward_mean_t(
+        &self,
+        light_images: &Tensor,
+        images: &Tensor,
+        train: bool,
+    ) -> Result<BasisNetOutput> {
+        self.check_batch(light_images, images)?;
+        let light = self.lightweight.forward_t(light_images, train)?;
+        let coefficients = light
+            .coefficients
+            .iter()
+            .map(|c| {
+                let n = c.size()[1];
+                Tensor::f_full([1, n], 1.0 / n as f64, (c.kind(), c.device()))
+                    .map_err(ModelError::from)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let specialist_logits = self.specialist.forward_t(images, &coefficients, train)?;
+        Ok(BasisNetOutput {
+            light_logits: light.logits,
+            coefficients,
+            specialist_logits,
+        })
+    }
+
     /// Early-exit inference (evaluation mode, no gradients). A sample whose lightweight
     /// max softmax probability is `>= threshold` stops after the first stage; only the
     /// others are gathered and run through the specialist. `threshold <= 0` lets every

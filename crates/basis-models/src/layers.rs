@@ -80,6 +80,17 @@ impl BatchNorm2d {
         ]
     }
 
+    /// The inference normalization as a per-channel affine map `x * scale + shift`, from
+    /// the running statistics: `scale = weight / sqrt(running_var + eps)`,
+    /// `shift = bias - running_mean * scale`.
+    pub fn inference_affine(&self) -> Result<(Tensor, Tensor)> {
+        let scale = self
+            .weight
+            .f_div(&self.running_var.f_add_scalar(self.spec.eps)?.f_sqrt()?)?;
+        let shift = self.bias.f_sub(&self.running_mean.f_mul(&scale)?)?;
+        Ok((scale, shift))
+    }
+
     /// Trainable parameters (weight and bias).
     pub fn params(&self) -> i64 {
         2 * self.weight.size()[0]
@@ -278,15 +289,36 @@ impl ConvBnAct {
         })
     }
 
-    /// Convolution, normalization, activation.
+    /// Convolution, normalization, activation. In evaluation a static layer folds the
+    /// normalization into its kernel and bias when the output is larger than the kernel
+    /// (the fold rewrites the kernel, and saves a pass over the output).
     pub fn forward_t(
         &self,
         x: &Tensor,
         coefficients: CoefficientVectors,
         train: bool,
     ) -> Result<Tensor> {
+        if !train && self.conv.vector.is_none() && self.folding_pays(x) {
+            let (scale, shift) = self.bn.inference_affine()?;
+            let y = self.conv.conv.forward_static_affine(x, &scale, &shift)?;
+            return activate(y, self.act);
+        }
         let y = self.conv.forward(x, coefficients)?;
         activate(self.bn.forward_t(&y, train)?, self.act)
+    }
+
+    /// Whether an output of `x`'s batch and size holds more values per channel than one
+    /// output channel of the kernel (`B * H_out * W_out >= Cin/g * kh * kw`).
+    fn folding_pays(&self, x: &Tensor) -> bool {
+        let g = self.conv.conv.geometry();
+        let &[b, _, h, w] = x.size().as_slice() else {
+            return false;
+        };
+        let per_channel = g.weight_numel() / g.out_channels;
+        match g.output_hw(h, w) {
+            Ok((oh, ow)) => b * oh * ow >= per_channel,
+            Err(_) => false,
+        }
     }
 
     /// Cost on an `h x w` input, batch norm parameters included.

@@ -482,13 +482,21 @@ impl MobileNet {
                 found: coefficients.len(),
             });
         }
-        let mut x = if self.runs_channels_last(x.size()[0], coefficients) {
+        let channels_last = self.runs_channels_last(x.size()[0], coefficients);
+        let mut x = if channels_last {
             to_channels_last(x)?
         } else {
             x.shallow_clone()
         };
         for feature in &self.features {
             x = match feature {
+                // A one-channel (grayscale) input is laid out both ways at once, and
+                // libtorch then gives the stem's output the contiguous layout: set it
+                // here, or every later layer runs contiguous (3x slower training of
+                // the Fashion-MNIST networks, the depthwise weight gradients by im2col).
+                Feature::Conv(_, layer) if channels_last => {
+                    to_channels_last(&layer.forward_t(&x, coefficients, train)?)?
+                }
                 Feature::Conv(_, layer) => layer.forward_t(&x, coefficients, train)?,
                 Feature::Block(block) => {
                     let mut y = x.shallow_clone();

@@ -17,7 +17,7 @@ use basis_models::{checkpoint, presets, BasisNet};
 use basis_train::data::Batch;
 use basis_train::optim::Optimizer;
 use basis_train::recipe::{LossSection, OptimSection, OptimizerKind};
-use basis_train::{joint_loss, Model};
+use basis_train::{joint_loss, Model, Phase};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -52,7 +52,7 @@ fn ours(model: &Model, vs: &nn::VarStore, batch: &Batch, steps: usize) -> (f64, 
     let mut optimizer = Optimizer::new(vs, optim());
     let loss = loss_section();
     let mut step = || {
-        let value = joint_loss(model, batch, &loss, None).unwrap();
+        let value = joint_loss(model, batch, &loss, None, Phase::Joint).unwrap();
         optimizer.zero_grad();
         value.backward();
         optimizer.step(optim().lr);

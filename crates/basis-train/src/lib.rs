@@ -31,6 +31,6 @@ pub mod trainer;
 
 pub use recipe::{Recipe, RecipeError};
 pub use trainer::{
-    distillation, evaluate, joint_loss, CoefficientStats, Evaluation, ExitPoint, Model, Run,
+    distillation, evaluate, joint_loss, CoefficientStats, Evaluation, ExitPoint, Model, Phase, Run,
     RunSummary, Teacher, TrainError, TrainerState,
 };

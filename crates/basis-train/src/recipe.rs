@@ -272,6 +272,12 @@ pub struct TrainSection {
     pub batch_size: usize,
     /// Seed of initialization, data order, augmentation.
     pub seed: u64,
+    /// Static warm-up: for this fraction of the training steps (in `[0, 1)`) a
+    /// BasisNet's specialist runs every image with the mean of its bases (one shared
+    /// kernel, the cost of a static network), then per-image coefficients take over; 0
+    /// (the default) trains the two stages jointly from the start. Ignored by a static
+    /// baseline.
+    pub static_fraction: f64,
     /// Decay of the exponential moving average of the weights (none when absent).
     pub ema_decay: Option<f64>,
     /// Also keep a checkpoint every this many epochs (0: only `last` and `best`).
@@ -290,6 +296,7 @@ impl Default for TrainSection {
             epochs: 10,
             batch_size: 128,
             seed: 0,
+            static_fraction: 0.0,
             ema_decay: None,
             checkpoint_every: 0,
             exit_thresholds: vec![0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01],
@@ -447,6 +454,13 @@ impl Recipe {
             return bad(format!(
                 "train.epochs and train.batch_size must be >= 1, found {} and {}",
                 t.epochs, t.batch_size
+            ));
+        }
+        if !(0.0..1.0).contains(&t.static_fraction) {
+            return bad(format!(
+                "train.static_fraction must be in [0, 1) (the share of the steps before \
+                 per-image coefficients), found {}",
+                t.static_fraction
             ));
         }
         if let Some(d) = t.ema_decay {

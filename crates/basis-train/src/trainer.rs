@@ -107,13 +107,28 @@ impl Model {
         batch: &Batch,
         train: bool,
     ) -> Result<(Option<Tensor>, Tensor, Vec<Tensor>), TrainError> {
+        self.forward_in(batch, train, Phase::Joint)
+    }
+
+    /// [`Model::forward_with_coefficients`] in a training phase: in
+    /// [`Phase::StaticWarmup`] a BasisNet's specialist runs with the mean of its bases
+    /// ([`BasisNet::forward_mean_t`]).
+    pub fn forward_in(
+        &self,
+        batch: &Batch,
+        train: bool,
+        phase: Phase,
+    ) -> Result<(Option<Tensor>, Tensor, Vec<Tensor>), TrainError> {
         Ok(match self {
             Model::BasisNet(net) => {
                 let light = match &batch.light_images {
                     Some(l) => l.shallow_clone(),
                     None => net.lightweight_input(&batch.images)?,
                 };
-                let out = net.forward_t(&light, &batch.images, train)?;
+                let out = match phase {
+                    Phase::Joint => net.forward_t(&light, &batch.images, train)?,
+                    Phase::StaticWarmup => net.forward_mean_t(&light, &batch.images, train)?,
+                };
                 (
                     Some(out.light_logits),
                     out.specialist_logits,
@@ -136,6 +151,36 @@ impl Model {
                 (0, m)
             }
         })
+    }
+}
+
+/// What the specialist of a BasisNet runs with during a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The first `train.static_fraction` of the steps: every image uses the mean of the bases
+    /// (one kernel for the batch, the cost of a static network); the lightweight model
+    /// trains on its own loss and the bases all move together.
+    StaticWarmup,
+    /// Per-image coefficients from the lightweight model: the two-stage network.
+    Joint,
+}
+
+impl Phase {
+    /// The phase at `progress` epochs into a run of `epochs` whose first
+    /// `static_fraction` is the warm-up.
+    ///
+    /// ```
+    /// use basis_train::Phase;
+    /// assert_eq!(Phase::at(2.9, 4, 0.75), Phase::StaticWarmup);
+    /// assert_eq!(Phase::at(3.0, 4, 0.75), Phase::Joint);
+    /// assert_eq!(Phase::at(0.0, 4, 0.0), Phase::Joint);
+    /// ```
+    pub fn at(progress: f64, epochs: usize, static_fraction: f64) -> Self {
+        if progress < static_fraction * epochs as f64 {
+            Phase::StaticWarmup
+        } else {
+            Phase::Joint
+        }
     }
 }
 
@@ -210,7 +255,7 @@ pub fn distillation(
 ///
 /// ```
 /// use basis_train::data::Batch;
-/// use basis_train::trainer::{joint_loss, Model};
+/// use basis_train::trainer::{joint_loss, Model, Phase};
 /// use basis_train::Recipe;
 /// use tch::{nn, Device, Kind, Tensor};
 ///
@@ -223,7 +268,7 @@ pub fn distillation(
 ///     labels: Tensor::from_slice(&[0i64, 1, 2, 3]),
 ///     targets: None,
 /// };
-/// let loss = joint_loss(&model, &batch, &recipe.loss, None)?;
+/// let loss = joint_loss(&model, &batch, &recipe.loss, None, Phase::Joint)?;
 /// // Two cross-entropies over 10 classes from a fresh network: about 2 ln 10.
 /// assert!((loss.double_value(&[]) - 2.0 * 10f64.ln()).abs() < 1.5);
 /// # Ok::<(), basis_train::TrainError>(())
@@ -233,8 +278,9 @@ pub fn joint_loss(
     batch: &Batch,
     loss: &LossSection,
     teacher: Option<&Teacher>,
+    phase: Phase,
 ) -> Result<Tensor, TrainError> {
-    let (light, special) = model.forward(batch, true)?;
+    let (light, special, _) = model.forward_in(batch, true, phase)?;
     let classes = special.size()[1];
     let targets = match &batch.targets {
         Some(t) => t.shallow_clone(),
@@ -770,13 +816,15 @@ impl Run {
             let mut batches = self.train.epoch(epoch as u64);
             for (i, batch) in batches.by_ref().enumerate() {
                 let batch = batch?.to_tensors(Device::Cpu)?;
+                let progress = epoch as f64 + i as f64 / steps_per_epoch as f64;
                 lr = learning_rate(
                     &self.recipe.schedule,
                     self.recipe.optim.lr,
                     epochs,
-                    epoch as f64 + i as f64 / steps_per_epoch as f64,
+                    progress,
                 );
-                let loss = self.loss(&batch)?;
+                let phase = Phase::at(progress, epochs, self.recipe.train.static_fraction);
+                let loss = self.loss(&batch, phase)?;
                 let value = loss.f_double_value(&[])?;
                 if !value.is_finite() {
                     return Err(TrainError::NonFinite {
@@ -918,8 +966,14 @@ impl Run {
     }
 
     /// The joint loss of a batch.
-    fn loss(&self, batch: &Batch) -> Result<Tensor, TrainError> {
-        joint_loss(&self.model, batch, &self.recipe.loss, self.teacher.as_ref())
+    fn loss(&self, batch: &Batch, phase: Phase) -> Result<Tensor, TrainError> {
+        joint_loss(
+            &self.model,
+            batch,
+            &self.recipe.loss,
+            self.teacher.as_ref(),
+            phase,
+        )
     }
 
     fn evaluate(&self) -> Result<Evaluation, TrainError> {

@@ -60,6 +60,10 @@ fn recipe_errors_name_the_key_and_the_line() {
         ("train.batch_size=0", "train.batch_size must be >= 1"),
         ("model.preset=\"resnet\"", "unknown preset \"resnet\""),
         ("train.ema_decay=1.5", "train.ema_decay must be in [0, 1)"),
+        (
+            "train.static_fraction=1",
+            "train.static_fraction must be in [0, 1)",
+        ),
     ] {
         let err = base
             .with_overrides(&[set.into()])
@@ -323,6 +327,79 @@ fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
     // A directory that holds a run is not overwritten.
     let err = Run::new(tiny(&[]), &stopped).err().unwrap().to_string();
     assert!(err.contains("already holds a run"), "{err}");
+}
+
+fn snapshot(vs: &nn::VarStore) -> std::collections::BTreeMap<String, Tensor> {
+    vs.variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.detach().copy()))
+        .collect()
+}
+
+/// Largest absolute difference between two tensors.
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn a_static_warm_up_moves_every_basis_together_then_the_coefficients_take_over() {
+    let _turn = serial();
+    let dir = common::scratch("run-static-warm-up");
+    let recipe = tiny(&["train.static_fraction=0.5", "optim.weight_decay=0"]);
+    let mut run = Run::new(recipe, &dir).unwrap();
+    let start = snapshot(run.var_store());
+    run.train_until(1).unwrap();
+    let warm = snapshot(run.var_store());
+    let banks: Vec<&String> = start
+        .keys()
+        .filter(|n| n.starts_with("specialist.") && start[*n].dim() >= 3)
+        .collect();
+    assert!(banks.len() > 50, "{} basis banks", banks.len());
+    for name in &banks {
+        let (a, b) = (&start[*name], &warm[*name]);
+        assert_eq!(a.size()[0], 4, "{name}");
+        assert!(max_diff(a, b) > 1e-4, "{name} did not train");
+        // Every basis took the same step: their differences are those they started with.
+        for k in 1..4 {
+            let before = a.get(k) - a.get(0);
+            let after = b.get(k) - b.get(0);
+            assert!(
+                max_diff(&before, &after) < 1e-5,
+                "{name}: basis {k} moved apart from basis 0 during the warm-up"
+            );
+        }
+    }
+    let head: Vec<&String> = start
+        .keys()
+        .filter(|n| n.contains("coefficient_head"))
+        .collect();
+    assert!(!head.is_empty());
+    for name in &head {
+        assert!(
+            start[*name].equal(&warm[*name]),
+            "{name} changed in the warm-up"
+        );
+    }
+    // The lightweight classifier trains in the warm-up; the head and the bases after it.
+    assert!(start
+        .keys()
+        .any(|n| n.starts_with("lightweight.") && !start[n].equal(&warm[n])));
+    run.train_until(2).unwrap();
+    let joint = snapshot(run.var_store());
+    for name in &head {
+        assert!(
+            max_diff(&warm[*name], &joint[*name]) > 1e-6,
+            "{name} did not train"
+        );
+    }
+    let apart = banks.iter().any(|name| {
+        let (a, b) = (&warm[*name], &joint[*name]);
+        max_diff(&(a.get(1) - a.get(0)), &(b.get(1) - b.get(0))) > 1e-4
+    });
+    assert!(
+        apart,
+        "per-image coefficients give the bases different steps"
+    );
 }
 
 #[test]
