@@ -249,9 +249,13 @@ fn early_exit_runs_the_specialist_only_on_the_unsure() {
             full.specialist_logits.get(i as i64)
         };
         assert_eq!(out.stages[i] == Stage::Lightweight, exits);
+        // The specialist ran on a sub-batch: other kernels, other rounding. Relative to
+        // the logits' size (untrained batch norm with 8-sample statistics spreads them).
+        let scale = expected.abs().max().double_value(&[]).max(1.0);
+        let gap = close(&out.logits.get(i as i64), &expected);
         assert!(
-            close(&out.logits.get(i as i64), &expected) <= 1e-5,
-            "sample {i}"
+            gap <= 1e-5 * scale,
+            "sample {i}: gap {gap} at scale {scale}"
         );
         assert_eq!(out.madds[i], if exits { light_madds } else { all_madds });
     }
