@@ -182,15 +182,7 @@ impl BasisConv2d {
 
     /// The static layer (`N = 1`) applied without coefficients: exactly PyTorch's `Conv2d`.
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
-        if self.num_bases != 1 {
-            return Err(BasisError::Unsupported {
-                strategy: "static",
-                reason: format!(
-                    "the layer has {} bases and needs coefficients",
-                    self.num_bases
-                ),
-            });
-        }
+        layer::require_static(self.num_bases)?;
         self.check_input(input)?;
         let g = &self.geometry;
         Ok(input.f_conv2d(
@@ -239,15 +231,7 @@ impl BasisConv2d {
                 });
             }
         }
-        if self.num_bases != 1 {
-            return Err(BasisError::Unsupported {
-                strategy: "static",
-                reason: format!(
-                    "the layer has {} bases and needs coefficients",
-                    self.num_bases
-                ),
-            });
-        }
+        layer::require_static(self.num_bases)?;
         self.check_input(input)?;
         let weight = self.weight.f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
         let bias = match &self.bias {

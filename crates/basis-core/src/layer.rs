@@ -149,6 +149,17 @@ pub(crate) fn check_num_bases(num_bases: i64) -> Result<()> {
     Ok(())
 }
 
+/// A static call (no coefficients) needs a layer with one basis.
+pub(crate) fn require_static(num_bases: i64) -> Result<()> {
+    if num_bases != 1 {
+        return Err(BasisError::Unsupported {
+            strategy: "static",
+            reason: format!("the layer has {num_bases} bases and needs coefficients"),
+        });
+    }
+    Ok(())
+}
+
 /// Check a stored weight (or bias) against the shape the layer needs.
 pub(crate) fn check_stored(what: &'static str, tensor: &Tensor, expected: &[i64]) -> Result<()> {
     let found = tensor.size();

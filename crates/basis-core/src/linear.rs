@@ -199,15 +199,7 @@ impl BasisLinear {
 
     /// The static layer (`N = 1`) without coefficients: exactly PyTorch's `Linear`.
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
-        if self.num_bases != 1 {
-            return Err(BasisError::Unsupported {
-                strategy: "static",
-                reason: format!(
-                    "the layer has {} bases and needs coefficients",
-                    self.num_bases
-                ),
-            });
-        }
+        layer::require_static(self.num_bases)?;
         self.check_input(input)?;
         Ok(input.f_linear(&self.weight, self.bias.as_ref())?)
     }

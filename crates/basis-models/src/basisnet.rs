@@ -255,18 +255,8 @@ impl BasisNet {
         images: &Tensor,
         train: bool,
     ) -> Result<BasisNetOutput> {
-        self.check_batch(light_images, images)?;
-        let light = self.lightweight.forward_t(light_images, train)?;
-        let coefficients = light
-            .coefficients
-            .iter()
-            .map(|c| self.dropout.forward_t(c, train).map_err(ModelError::from))
-            .collect::<Result<Vec<_>>>()?;
-        let specialist_logits = self.specialist.forward_t(images, &coefficients, train)?;
-        Ok(BasisNetOutput {
-            light_logits: light.logits,
-            coefficients,
-            specialist_logits,
+        self.forward_with(light_images, images, train, |c| {
+            self.dropout.forward_t(c, train).map_err(ModelError::from)
         })
     }
 
@@ -297,16 +287,31 @@ impl BasisNet {
         images: &Tensor,
         train: bool,
     ) -> Result<BasisNetOutput> {
+        self.forward_with(light_images, images, train, |c| {
+            let n = c.size()[1];
+            Ok(Tensor::f_full(
+                [1, n],
+                1.0 / n as f64,
+                (c.kind(), c.device()),
+            )?)
+        })
+    }
+
+    /// Both stages, the specialist with `coefficients` applied to each of the lightweight
+    /// model's coefficient vectors.
+    fn forward_with(
+        &self,
+        light_images: &Tensor,
+        images: &Tensor,
+        train: bool,
+        coefficients: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<BasisNetOutput> {
         self.check_batch(light_images, images)?;
         let light = self.lightweight.forward_t(light_images, train)?;
         let coefficients = light
             .coefficients
             .iter()
-            .map(|c| {
-                let n = c.size()[1];
-                Tensor::f_full([1, n], 1.0 / n as f64, (c.kind(), c.device()))
-                    .map_err(ModelError::from)
-            })
+            .map(coefficients)
             .collect::<Result<Vec<_>>>()?;
         let specialist_logits = self.specialist.forward_t(images, &coefficients, train)?;
         Ok(BasisNetOutput {
