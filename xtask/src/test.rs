@@ -59,8 +59,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
     util::run("cargo test", &mut test)?;
     if !args.no_docs {
         step("cargo xtask repro --quick");
+        // The test command's own scratch folder, emptied first so that a second
+        // `cargo xtask test` runs the reproduction again (repro refuses to overwrite runs).
+        let out = util::workspace_root().join("target").join("repro-test");
+        if out.exists() {
+            std::fs::remove_dir_all(&out)
+                .map_err(|e| anyhow::anyhow!("emptying {}: {e}", out.display()))?;
+        }
         repro::run(&repro::ReproArgs {
             quick: true,
+            out: Some(out),
             ..repro::ReproArgs::default()
         })?;
         step("cargo xtask docs");
