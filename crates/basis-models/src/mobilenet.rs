@@ -492,8 +492,8 @@ impl MobileNet {
             x = match feature {
                 // A one-channel (grayscale) input is laid out both ways at once, and
                 // libtorch then gives the stem's output the contiguous layout: set it
-                // here, or every later layer runs contiguous (3x slower training of
-                // the Fashion-MNIST networks, the depthwise weight gradients by im2col).
+                // here, or every later layer runs contiguous (training the Fashion-MNIST
+                // networks measured 2x slower, depthwise weight gradients by im2col).
                 Feature::Conv(_, layer) if channels_last => {
                     to_channels_last(&layer.forward_t(&x, coefficients, train)?)?
                 }
