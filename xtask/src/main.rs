@@ -11,6 +11,7 @@
 //! - `cargo xtask docs`: the book into `target/book`.
 
 mod bench;
+mod c10d;
 mod data;
 mod docs;
 mod repro;

@@ -52,6 +52,23 @@ impl Torch {
 }
 
 pub fn run(args: &SetupArgs) -> Result<Torch> {
+    let torch = libtorch(args)?;
+    let root = util::workspace_root();
+    let lib = std::fs::canonicalize(root.join(".libtorch/lib"))
+        .or_else(|_| std::fs::canonicalize(user_libtorch(&root).unwrap_or_default().join("lib")))
+        .unwrap_or_default();
+    let cuda =
+        lib.join("libtorch_cuda.so").exists() || std::env::var_os("LIBTORCH_USE_PYTORCH").is_some();
+    crate::c10d::ensure(
+        &cache_dir()?.join("c10d-headers"),
+        &root.join(".c10d"),
+        cuda,
+    )?;
+    Ok(torch)
+}
+
+/// libtorch: the user's, python3's, or the cache's (installed when missing).
+fn libtorch(args: &SetupArgs) -> Result<Torch> {
     let root = util::workspace_root();
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
         let version = python_torch_version()?;
@@ -257,7 +274,7 @@ fn python_torch_version() -> Result<String> {
 }
 
 /// Point `link` at `target`, replacing an older link, never a real folder.
-fn link(link: &Path, target: &Path) -> Result<()> {
+pub fn link(link: &Path, target: &Path) -> Result<()> {
     match std::fs::symlink_metadata(link) {
         Ok(meta) if meta.file_type().is_symlink() => {
             if std::fs::read_link(link)? == target {
