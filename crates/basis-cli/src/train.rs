@@ -1,9 +1,12 @@
 //! `basisnet train` and `basisnet eval`.
 
 use anyhow::{bail, Context, Result};
-use basis_train::{evaluate, trainer, Model, Recipe, Run};
+use basis_dist::ProcessGroup;
+use basis_train::distributed;
+use basis_train::{evaluate, trainer, DistributedSection, Model, Recipe, Run};
 use clap::Args;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tch::nn;
 
 #[derive(Args)]
@@ -35,6 +38,28 @@ pub struct TrainArgs {
     /// Print the final metrics as JSON.
     #[arg(long)]
     json: bool,
+    /// Data-parallel training: join the job this process was started in (torchrun
+    /// --no-python, srun, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set by hand); rank 0
+    /// writes the run directory.
+    #[arg(long)]
+    distributed: bool,
+}
+
+/// The process group of a `--distributed` run, from the launcher's variables.
+fn join(args: &TrainArgs, config: &DistributedSection) -> Result<Option<Arc<ProcessGroup>>> {
+    if !args.distributed {
+        return Ok(None);
+    }
+    if args.resume.is_none() && args.out.is_none() {
+        bail!("--distributed needs --out: every rank must name the same run directory");
+    }
+    match distributed::join_from_env(config)? {
+        Some(group) => Ok(Some(group)),
+        None => bail!(
+            "--distributed found no launcher: run under `torchrun --no-python`, under `srun`, \
+             or set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
+        ),
+    }
 }
 
 pub fn train(args: &TrainArgs) -> Result<()> {
@@ -45,7 +70,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 dir.display()
             );
         }
-        Run::resume(dir).with_context(|| format!("resuming {}", dir.display()))?
+        let saved = Recipe::load(&dir.join("recipe.toml").display().to_string())
+            .with_context(|| format!("resuming {}", dir.display()))?;
+        match join(args, &saved.distributed)? {
+            Some(group) => Run::resume_distributed(dir, group),
+            None => Run::resume(dir),
+        }
+        .with_context(|| format!("resuming {}", dir.display()))?
     } else {
         let mut recipe = Recipe::load(&args.recipe)?.with_overrides(&args.set)?;
         if args.baseline {
@@ -69,10 +100,28 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 std::process::id()
             ))
         });
-        eprintln!("run directory: {}", out.display());
-        Run::new(recipe, &out)?
+        match join(args, &recipe.distributed)? {
+            Some(group) => {
+                if group.is_main() {
+                    eprintln!(
+                        "run directory: {} ({} processes, {} backend)",
+                        out.display(),
+                        group.world_size(),
+                        group.backend()
+                    );
+                }
+                Run::new_distributed(recipe, &out, group)?
+            }
+            None => {
+                eprintln!("run directory: {}", out.display());
+                Run::new(recipe, &out)?
+            }
+        }
     };
     let summary = run.train()?;
+    if !run.is_main() {
+        return Ok(());
+    }
     if args.json {
         println!(
             "{}",

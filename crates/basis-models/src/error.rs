@@ -48,6 +48,9 @@ pub enum ModelError {
         /// Vectors that came.
         found: usize,
     },
+    /// Synchronized batch norm could not sum its statistics across replicas.
+    #[error("synchronized batch norm: {0}")]
+    Replica(String),
     /// A checkpoint that does not fit the model.
     #[error("checkpoint {path}: {problem}")]
     Checkpoint {

@@ -24,7 +24,7 @@ pub use basisnet::{
     BasisNet, BasisNetConfig, BasisNetOutput, BasisNetProfile, EarlyExitOutput, Stage,
 };
 pub use error::{ModelError, Result};
-pub use layers::{BatchNorm2d, BatchNormSpec};
+pub use layers::{with_synchronized_batch_norm, BatchNorm2d, BatchNormSpec, ReplicaSum};
 pub use lightweight::{Lightweight, LightweightOutput};
 pub use mobilenet::{Layout, MobileNet, MobileNetConfig};
 pub use profile::{Profile, ProfileRow, Totals};

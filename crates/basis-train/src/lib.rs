@@ -24,12 +24,13 @@
 //! ```
 
 pub mod data;
+pub mod distributed;
 pub mod optim;
 pub mod plot;
 pub mod recipe;
 pub mod trainer;
 
-pub use recipe::{Recipe, RecipeError};
+pub use recipe::{BatchNormMode, DistributedSection, Recipe, RecipeError};
 pub use trainer::{
     distillation, evaluate, joint_loss, CoefficientStats, Evaluation, ExitPoint, Model, Phase, Run,
     RunSummary, Teacher, TrainError, TrainerState,

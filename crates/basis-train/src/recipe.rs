@@ -54,6 +54,8 @@ pub struct ModelSection {
     pub basis_noise: Option<f64>,
     /// Override the specialist's stem stride (1: the small-image variant).
     pub stem_stride: Option<i64>,
+    /// Dropout before the classifier of both stages (the preset's when absent).
+    pub dropout: Option<f64>,
     /// Which stage's backbone a baseline trains: the specialist's (default) or the
     /// lightweight model's, alone at its own resolution.
     pub baseline_of: Stage,
@@ -80,6 +82,7 @@ impl Default for ModelSection {
             basis_dropout: None,
             basis_noise: None,
             stem_stride: None,
+            dropout: None,
             baseline_of: Stage::Specialist,
         }
     }
@@ -268,7 +271,9 @@ impl Default for ScheduleSection {
 pub struct TrainSection {
     /// Epochs.
     pub epochs: usize,
-    /// Samples per step.
+    /// Samples per step, over all processes in data-parallel training (each of `W`
+    /// processes takes `batch_size / W`, so a recipe means the same optimization whatever
+    /// the number of processes).
     pub batch_size: usize,
     /// Seed of initialization, data order, augmentation.
     pub seed: u64,
@@ -306,6 +311,42 @@ impl Default for TrainSection {
     }
 }
 
+/// How batch norm computes its training statistics in data-parallel training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchNormMode {
+    /// Each process over its own part of the batch; rank 0's running statistics are kept
+    /// (PyTorch DDP's default).
+    #[default]
+    Local,
+    /// Over the whole batch of every process (PyTorch's `SyncBatchNorm`).
+    Sync,
+}
+
+/// Data-parallel training (`basisnet train --distributed`); ignored by a single process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DistributedSection {
+    /// Batch-norm statistics: `local` or `sync`.
+    pub batch_norm: BatchNormMode,
+    /// Gradient bucket size in MiB (DDP's default: 25).
+    pub bucket_mb: f64,
+    /// Seconds a rank waits for the others (rendezvous, collectives) before failing; a rank
+    /// that dies makes the others fail at once. Rank 0 evaluates while the others wait, so
+    /// this must exceed an evaluation.
+    pub timeout_s: f64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self {
+            batch_norm: BatchNormMode::Local,
+            bucket_mb: 25.0,
+            timeout_s: 1800.0,
+        }
+    }
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -322,6 +363,8 @@ pub struct Recipe {
     pub schedule: ScheduleSection,
     /// The run.
     pub train: TrainSection,
+    /// Data-parallel training.
+    pub distributed: DistributedSection,
 }
 
 /// The recipes shipped with the crate, by name.
@@ -423,6 +466,15 @@ impl Recipe {
         if let Some(s) = self.model.stem_stride {
             config.specialist.stem_stride = s;
         }
+        if let Some(p) = self.model.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return Err(RecipeError::Invalid(format!(
+                    "model.dropout must be in [0, 1), found {p}"
+                )));
+            }
+            config.specialist.dropout = p;
+            config.lightweight.dropout = p;
+        }
         if self.model.baseline && self.model.baseline_of == Stage::Lightweight {
             config.specialist = config.lightweight;
             config.resolution = config.lightweight_resolution;
@@ -491,6 +543,13 @@ impl Recipe {
             if !t.exists() {
                 return bad(format!("loss.teacher {} does not exist", t.display()));
             }
+        }
+        let d = &self.distributed;
+        if !positive(d.bucket_mb) || !positive(d.timeout_s) {
+            return bad(format!(
+                "distributed.bucket_mb and distributed.timeout_s must be > 0, found {} and {}",
+                d.bucket_mb, d.timeout_s
+            ));
         }
         if self.data.workers == 0 {
             return bad("data.workers must be >= 1".into());

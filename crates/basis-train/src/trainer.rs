@@ -8,10 +8,12 @@
 
 use crate::data::{
     AugmentConfig, Batch, Cifar, CifarVariant, DataError, Dataset, FashionMnist, ImageFolder,
-    Loader, LoaderConfig, Split,
+    Loader, LoaderConfig, Shard, Split,
 };
+use crate::distributed::DataParallel;
 use crate::optim::{learning_rate, Ema, Optimizer};
 use crate::recipe::{DatasetKind, LossSection, Recipe, RecipeError};
+use basis_dist::ProcessGroup;
 use basis_models::{checkpoint, BasisNet, BasisNetConfig, BasisSpec, MobileNet, ModelError};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
@@ -45,6 +47,9 @@ pub enum TrainError {
         /// Epoch (1-based).
         epoch: usize,
     },
+    /// Data-parallel training: the launch, the rendezvous, or another rank failed.
+    #[error(transparent)]
+    Distributed(#[from] basis_dist::DistError),
     /// A run directory or checkpoint that cannot be used.
     #[error("{0}")]
     Run(String),
@@ -643,6 +648,7 @@ pub struct Run {
     test: Loader,
     resolution: i64,
     teacher: Option<Teacher>,
+    parallel: Option<DataParallel>,
 }
 
 /// What a finished run reports.
@@ -661,24 +667,68 @@ pub struct RunSummary {
 impl Run {
     /// A new run of `recipe` in `dir` (created; refused when it already holds a run).
     pub fn new(recipe: Recipe, dir: &Path) -> Result<Self, TrainError> {
+        Self::create(recipe, dir, None)
+    }
+
+    /// One process of a data-parallel run of `recipe` in `dir`: every rank calls it with
+    /// the same recipe and directory; rank 0 alone writes the directory (recipe,
+    /// checkpoints, logs, metrics, plots) and evaluates.
+    pub fn new_distributed(
+        recipe: Recipe,
+        dir: &Path,
+        group: Arc<ProcessGroup>,
+    ) -> Result<Self, TrainError> {
+        Self::create(recipe, dir, Some(group))
+    }
+
+    fn create(
+        recipe: Recipe,
+        dir: &Path,
+        group: Option<Arc<ProcessGroup>>,
+    ) -> Result<Self, TrainError> {
         recipe.validate()?;
+        if let Some(g) = &group {
+            if recipe.train.batch_size % g.world_size() != 0 {
+                return Err(TrainError::Run(format!(
+                    "train.batch_size {} does not split over {} processes: use a multiple of {}",
+                    recipe.train.batch_size,
+                    g.world_size(),
+                    g.world_size()
+                )));
+            }
+        }
+        let main = group.as_ref().is_none_or(|g| g.is_main());
         if dir.join("last.json").exists() {
             return Err(TrainError::Run(format!(
                 "{} already holds a run; resume it with --resume or choose another directory",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let run = Self::build(recipe, dir)?;
-        let recipe_path = dir.join("recipe.toml");
-        std::fs::write(&recipe_path, run.recipe.to_toml()).map_err(io(&recipe_path))?;
+        if main {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let run = Self::build(recipe, dir, group)?;
+        if main {
+            let recipe_path = dir.join("recipe.toml");
+            std::fs::write(&recipe_path, run.recipe.to_toml()).map_err(io(&recipe_path))?;
+        }
         Ok(run)
     }
 
     /// Resume the run in `dir` from its `last` checkpoint.
     pub fn resume(dir: &Path) -> Result<Self, TrainError> {
+        Self::reopen(dir, None)
+    }
+
+    /// Resume a data-parallel run: every rank reads the run directory (a folder all ranks
+    /// see), then takes rank 0's weights.
+    pub fn resume_distributed(dir: &Path, group: Arc<ProcessGroup>) -> Result<Self, TrainError> {
+        Self::reopen(dir, Some(group))
+    }
+
+    fn reopen(dir: &Path, group: Option<Arc<ProcessGroup>>) -> Result<Self, TrainError> {
         let recipe = Recipe::load(&dir.join("recipe.toml").display().to_string())?;
-        let mut run = Self::build(recipe, dir)?;
+        let mut run = Self::build(recipe, dir, group)?;
         let state_path = dir.join("last.json");
         let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
         run.state = serde_json::from_str(&text).map_err(|e| {
@@ -698,10 +748,31 @@ impl Run {
                 dir.join("last-optim.safetensors").display()
             ))
         })?;
+        run.broadcast_state()?;
         Ok(run)
     }
 
-    fn build(recipe: Recipe, dir: &Path) -> Result<Self, TrainError> {
+    /// Give every rank rank 0's weights (model and EMA).
+    fn broadcast_state(&self) -> Result<(), TrainError> {
+        if let Some(p) = &self.parallel {
+            p.broadcast_all(&self.vs)?;
+            if let Some((ema_vs, _, _)) = &self.ema {
+                p.broadcast_all(ema_vs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this process writes the run's files (rank 0, or a single process).
+    pub fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
+    }
+
+    fn build(
+        recipe: Recipe,
+        dir: &Path,
+        group: Option<Arc<ProcessGroup>>,
+    ) -> Result<Self, TrainError> {
         if recipe.train.threads > 0 {
             tch::set_num_threads(recipe.train.threads as i32);
         }
@@ -726,6 +797,13 @@ impl Run {
             seed: recipe.train.seed,
             strict: recipe.data.strict,
             drop_last: true,
+            shard: group
+                .as_ref()
+                .map(|g| Shard {
+                    index: g.rank(),
+                    count: g.world_size(),
+                })
+                .unwrap_or_default(),
             ..LoaderConfig::default()
         };
         let mut train = Loader::new(
@@ -745,6 +823,7 @@ impl Run {
                 shuffle: false,
                 drop_last: false,
                 batch_size: recipe.train.batch_size.max(256),
+                shard: Shard::default(),
                 ..loader_config
             },
         )?;
@@ -761,7 +840,8 @@ impl Run {
             best_epoch: 0,
             seed: recipe.train.seed,
         };
-        Ok(Self {
+        let parallel = group.map(|g| DataParallel::new(g, &vs, &recipe.distributed));
+        let run = Self {
             resolution: config.resolution,
             recipe,
             dir: dir.to_path_buf(),
@@ -773,7 +853,10 @@ impl Run {
             train,
             test,
             teacher,
-        })
+            parallel,
+        };
+        run.broadcast_state()?;
+        Ok(run)
     }
 
     /// The model being trained.
@@ -799,16 +882,23 @@ impl Run {
         let steps_per_epoch = self.train.num_batches().max(1);
         let mut train_seconds = 0.0;
         let mut evaluation = Evaluation::default();
-        let tty = std::io::stderr().is_terminal();
-        if self.state.epoch >= stop {
+        let main = self.is_main();
+        let tty = main && std::io::stderr().is_terminal();
+        let rank = self.parallel.as_ref().map_or(0, |p| p.rank());
+        let world = self.parallel.as_ref().map_or(1, |p| p.world_size());
+        if self.state.epoch >= stop && main {
             evaluation = self.evaluate()?;
         }
         while self.state.epoch < stop {
             let epoch = self.state.epoch;
             // Every random stream of an epoch derives from (seed, epoch): a run resumed
             // at an epoch boundary continues exactly as one that never stopped.
+            // Each rank draws its own dropout and noise (rank 0's stream is a single
+            // process's).
             tch::manual_seed(
-                (self.recipe.train.seed as i64).wrapping_mul(1_000_003) + epoch as i64,
+                (self.recipe.train.seed as i64).wrapping_mul(1_000_003)
+                    + epoch as i64
+                    + ((rank as i64) << 32),
             );
             let start = Instant::now();
             let (mut loss_sum, mut seen) = (0.0, 0usize);
@@ -835,6 +925,9 @@ impl Run {
                 }
                 self.optimizer.zero_grad();
                 loss.f_backward()?;
+                if let Some(p) = &self.parallel {
+                    p.average_gradients()?;
+                }
                 self.optimizer.step(lr);
                 if let Some((_, _, ema)) = &self.ema {
                     ema.update(self.optimizer.steps());
@@ -842,12 +935,15 @@ impl Run {
                 let n = batch.labels.size()[0] as usize;
                 loss_sum += value * n as f64;
                 seen += n;
+                if !main {
+                    continue;
+                }
                 self.progress(
                     tty,
                     epoch,
                     i + 1,
                     steps_per_epoch,
-                    seen,
+                    seen * world,
                     start,
                     loss_sum / seen as f64,
                     lr,
@@ -860,10 +956,22 @@ impl Run {
             if tty {
                 eprintln!();
             }
+            if let Some(p) = &self.parallel {
+                // Every rank's loss and images; rank 0's running statistics everywhere.
+                let total = p.sum(&[loss_sum, seen as f64])?;
+                (loss_sum, seen) = (total[0], total[1] as usize);
+                p.broadcast_buffers(&self.vs)?;
+                if let Some((ema_vs, _, _)) = &self.ema {
+                    p.broadcast_buffers(ema_vs)?;
+                }
+            }
             let seconds = start.elapsed().as_secs_f64();
             train_seconds += seconds;
             self.state.epoch += 1;
             self.state.step = self.optimizer.steps();
+            if !main {
+                continue;
+            }
             evaluation = self.evaluate()?;
             let improved = evaluation.specialist_top1 > self.state.best_top1;
             if improved {
@@ -891,13 +999,16 @@ impl Run {
                 self.save_checkpoint(&format!("epoch-{}", self.state.epoch))?;
             }
         }
-        let metrics_path = self.dir.join("metrics.json");
         let summary = RunSummary {
             dir: self.dir.clone(),
             evaluation,
             state: self.state.clone(),
             train_seconds,
         };
+        if !main {
+            return Ok(summary);
+        }
+        let metrics_path = self.dir.join("metrics.json");
         let json = serde_json::json!({
             "light_top1": summary.evaluation.light_top1,
             "light_top5": summary.evaluation.light_top5,
@@ -967,13 +1078,19 @@ impl Run {
 
     /// The joint loss of a batch.
     fn loss(&self, batch: &Batch, phase: Phase) -> Result<Tensor, TrainError> {
-        joint_loss(
-            &self.model,
-            batch,
-            &self.recipe.loss,
-            self.teacher.as_ref(),
-            phase,
-        )
+        let loss = || {
+            joint_loss(
+                &self.model,
+                batch,
+                &self.recipe.loss,
+                self.teacher.as_ref(),
+                phase,
+            )
+        };
+        match &self.parallel {
+            Some(p) => p.forward(loss),
+            None => loss(),
+        }
     }
 
     fn evaluate(&self) -> Result<Evaluation, TrainError> {

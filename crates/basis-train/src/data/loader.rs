@@ -38,6 +38,26 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Turn the first bad sample into an error (default: skip it, count it, report it).
     pub strict: bool,
+    /// This process's part of every batch, in data-parallel training: batch `b` is made of
+    /// the same samples, with the same augmentation, as in a single process, and shard `i`
+    /// of `n` takes its `i`-th contiguous `batch_size / n` of them (default: 0 of 1).
+    pub shard: Shard,
+}
+
+/// Part `index` of `count` of every batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    /// Which part, in `0..count`.
+    pub index: usize,
+    /// Number of parts.
+    pub count: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
 }
 
 impl Default for LoaderConfig {
@@ -50,6 +70,7 @@ impl Default for LoaderConfig {
             drop_last: false,
             seed: 0,
             strict: false,
+            shard: Shard::default(),
         }
     }
 }
@@ -126,6 +147,14 @@ impl Loader {
             return Err(DataError::Config(format!(
                 "batch_size, workers and prefetch must be >= 1, found {}, {} and {}",
                 config.batch_size, config.workers, config.prefetch
+            )));
+        }
+        let Shard { index, count } = config.shard;
+        if count == 0 || index >= count || config.batch_size % count != 0 {
+            return Err(DataError::Config(format!(
+                "shard {index} of {count} cannot split batches of {}: expected 0 <= shard < \
+                 shards and a batch size divisible by the number of shards",
+                config.batch_size
             )));
         }
         if dataset.is_empty() {
@@ -216,7 +245,11 @@ impl Loader {
         report: &Mutex<EpochReport>,
     ) -> Result<HostBatch, DataError> {
         let bs = self.config.batch_size;
-        let positions = b * bs..((b + 1) * bs).min(order.len());
+        let batch = b * bs..((b + 1) * bs).min(order.len());
+        let Shard { index, count } = self.config.shard;
+        let part = batch.len().div_ceil(count);
+        let positions = (batch.start + index * part).min(batch.end)
+            ..(batch.start + (index + 1) * part).min(batch.end);
         let c = self.dataset.channels();
         let r = self.augment.resolution as usize;
         let light_r = self.augment.light_resolution.map(|l| l as usize);

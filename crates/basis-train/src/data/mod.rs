@@ -29,4 +29,4 @@ pub use dataset::{
 };
 pub use error::DataError;
 pub use folder::{decode, ImageFolder, IMAGE_EXTENSIONS};
-pub use loader::{Epoch, EpochReport, Loader, LoaderConfig};
+pub use loader::{Epoch, EpochReport, Loader, LoaderConfig, Shard};
