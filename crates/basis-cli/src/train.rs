@@ -100,6 +100,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 std::process::id()
             ))
         });
+        // Refuse a bad recipe before meeting the other ranks.
+        recipe.validate()?;
         match join(args, &recipe.distributed)? {
             Some(group) => {
                 if group.is_main() {

@@ -15,11 +15,16 @@ fn free_port() -> u16 {
 /// Start `basisnet args...` as ranks 0 and 1 of a 2-process job; (success, stdout, stderr)
 /// of each.
 fn two_ranks(args: &[&str]) -> Vec<(bool, String, String)> {
+    two_ranks_each(&[args, args])
+}
+
+/// Ranks 0 and 1 with their own arguments.
+fn two_ranks_each(args: &[&[&str]; 2]) -> Vec<(bool, String, String)> {
     let port = free_port();
     let children: Vec<_> = (0..2)
         .map(|rank| {
             Command::new(env!("CARGO_BIN_EXE_basisnet"))
-                .args(args)
+                .args(args[rank])
                 .env("RANK", rank.to_string())
                 .env("WORLD_SIZE", "2")
                 .env("LOCAL_RANK", rank.to_string())
@@ -115,4 +120,132 @@ fn distributed_without_a_launcher_is_one_sentence() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--distributed needs --out"), "{err}");
+}
+
+const QUICK: [&str; 12] = [
+    "--set",
+    "data.limit=64",
+    "--set",
+    "data.eval_limit=64",
+    "--set",
+    "data.workers=1",
+    "--set",
+    "train.batch_size=32",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "distributed.timeout_s=20",
+];
+
+#[test]
+fn a_rank_that_stops_makes_the_other_fail_with_one_sentence() {
+    // Rank 1 trains one epoch and exits; rank 0 goes on to a second epoch, whose first
+    // gradient all-reduce finds the connection closed.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-distributed-stop");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let mut a0 = vec![
+        "train",
+        "--distributed",
+        "--out",
+        d,
+        "--set",
+        "train.epochs=2",
+    ];
+    let mut a1 = vec![
+        "train",
+        "--distributed",
+        "--out",
+        d,
+        "--set",
+        "train.epochs=1",
+    ];
+    a0.extend(QUICK);
+    a1.extend(QUICK);
+    let ranks = two_ranks_each(&[&a0, &a1]);
+    let (ok0, _, err0) = &ranks[0];
+    assert!(ranks[1].0, "{}", ranks[1].2);
+    assert!(!*ok0, "rank 0 should fail");
+    assert!(
+        err0.contains("failed on rank 0 of 2: another rank stopped or hung"),
+        "{err0}"
+    );
+    // The first epoch's checkpoint is kept.
+    assert!(dir.join("last.safetensors").exists());
+
+    // Rank 1 refuses its recipe before joining: rank 0 waits for it as long as
+    // distributed.timeout_s says (3 s here), then names the store.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-distributed-absent");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let a0 = [
+        "train",
+        "--distributed",
+        "--out",
+        d,
+        "--set",
+        "distributed.timeout_s=3",
+    ];
+    let a1 = ["train", "--distributed", "--out", d, "--set", "optim.lr=-1"];
+    let ranks = two_ranks_each(&[&a0, &a1]);
+    assert!(
+        !ranks[1].0 && ranks[1].2.contains("optim.lr must be > 0"),
+        "{}",
+        ranks[1].2
+    );
+    assert!(!ranks[0].0);
+    assert!(
+        ranks[0]
+            .2
+            .contains("could not host the rendezvous store on port"),
+        "{}",
+        ranks[0].2
+    );
+}
+
+/// The Python packages `cargo xtask setup` installed: the folder holding libtorch's `torch`.
+fn python_site() -> PathBuf {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join(".libtorch"));
+    std::fs::canonicalize(libtorch)
+        .ok()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .expect("libtorch's folder: run `cargo xtask setup`")
+}
+
+#[test]
+fn under_torchrun_the_ranks_use_its_agents_store() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-torchrun");
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port().to_string();
+    let mut args = vec![
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        &port,
+        "--no-python",
+        env!("CARGO_BIN_EXE_basisnet"),
+        "train",
+        "--distributed",
+        "--out",
+        dir.to_str().unwrap(),
+        "--set",
+        "train.epochs=1",
+    ];
+    args.extend(QUICK);
+    let out = Command::new("python3")
+        .args(&args)
+        .env("PYTHONPATH", python_site())
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .output()
+        .expect("python3 (cargo xtask setup installs PyTorch for it)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("(2 processes, gloo backend)"), "{err}");
+    assert!(dir.join("metrics.json").exists());
 }
