@@ -37,12 +37,24 @@ fn install(dir: &Path, cuda: bool) -> Result<()> {
         "setup: Gloo's headers from Debian's libgloo-dev into {}",
         dir.display()
     );
-    let out = Command::new("apt-get")
-        .args(["download", "libgloo-dev"])
-        .current_dir(&partial)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
+    let download = || {
+        Command::new("apt-get")
+            .args(["download", "libgloo-dev"])
+            .current_dir(&partial)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+    };
+    let mut out = download();
+    if matches!(&out, Ok(o) if !o.status.success()) {
+        // No package lists yet (a fresh container): read them once, then try again.
+        let _ = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        out = download();
+    }
     let out = match out {
         Ok(out) => out,
         Err(e) => bail!(

@@ -13,6 +13,9 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 pub struct GradientBuckets {
     params: Vec<Tensor>,
     cap: usize,
+    /// The flat tensors of the last call's buckets, reused while the buckets stay the same
+    /// (a fresh allocation of this size costs page faults on every step).
+    flat: std::sync::Mutex<(Vec<Vec<usize>>, Vec<Tensor>)>,
 }
 
 impl std::fmt::Debug for GradientBuckets {
@@ -30,6 +33,7 @@ impl GradientBuckets {
         GradientBuckets {
             params: params.iter().rev().map(|p| p.shallow_clone()).collect(),
             cap: cap.max(1),
+            flat: Default::default(),
         }
     }
 
@@ -79,10 +83,23 @@ impl GradientBuckets {
             )));
         }
         let buckets = self.buckets(&present);
-        let mut flat = Vec::with_capacity(buckets.len());
-        for bucket in &buckets {
+        let mut cache = self.flat.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != buckets {
+            let mut flat = Vec::with_capacity(buckets.len());
+            for bucket in &buckets {
+                let n: i64 = bucket.iter().map(|&i| grads[i].numel() as i64).sum();
+                flat.push(Tensor::f_empty(
+                    [n],
+                    (grads[bucket[0]].kind(), grads[bucket[0]].device()),
+                )?);
+            }
+            *cache = (buckets.clone(), flat);
+        }
+        let flat = &cache.1;
+        // Flatten (one pass), reduce every bucket at once, write the mean back (one pass).
+        for (bucket, out) in buckets.iter().zip(flat) {
             let parts: Vec<Tensor> = bucket.iter().map(|&i| grads[i].reshape([-1])).collect();
-            flat.push(Tensor::f_cat(&parts, 0)?);
+            let _ = Tensor::f_cat_out(out, &parts, 0)?;
         }
         let pending = flat
             .iter()
@@ -91,15 +108,15 @@ impl GradientBuckets {
         for work in pending {
             work.wait()?;
         }
+        let scale = 1.0 / group.world_size() as f64;
         tch::no_grad(|| -> Result<(), DistError> {
-            for (bucket, sum) in buckets.iter().zip(&flat) {
-                let mean = sum.f_div_scalar(group.world_size() as f64)?;
+            for (bucket, sum) in buckets.iter().zip(flat) {
                 let mut offset = 0i64;
                 for &i in bucket {
                     let g = &grads[i];
                     let n = g.numel() as i64;
-                    let part = mean.f_narrow(0, offset, n)?.f_view_as(g)?;
-                    g.shallow_clone().f_copy_(&part)?;
+                    let part = sum.f_narrow(0, offset, n)?.f_view(g.size().as_slice())?;
+                    let _ = part.f_mul_scalar_out(g, scale)?;
                     offset += n;
                 }
             }

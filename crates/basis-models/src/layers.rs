@@ -5,7 +5,7 @@ use crate::arch::Act;
 use crate::error::Result;
 use basis_core::{BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::rc::Rc;
 use tch::{nn, Kind, Tensor};
 
 /// A sum across the replicas of a data-parallel job that autograd can go through (its
@@ -17,7 +17,7 @@ pub trait ReplicaSum {
 }
 
 thread_local! {
-    static REPLICAS: RefCell<Option<Arc<dyn ReplicaSum>>> = const { RefCell::new(None) };
+    static REPLICAS: RefCell<Option<Rc<dyn ReplicaSum>>> = const { RefCell::new(None) };
 }
 
 /// Run `f` with synchronized batch norm: every [`BatchNorm2d`] that normalizes with batch
@@ -27,7 +27,7 @@ thread_local! {
 ///
 /// ```
 /// use basis_models::{with_synchronized_batch_norm, BatchNorm2d, BatchNormSpec, ReplicaSum};
-/// use std::sync::Arc;
+/// use std::rc::Rc;
 /// use tch::{nn, Device, Kind, Tensor};
 ///
 /// /// One replica: the sum over replicas is the tensor itself.
@@ -40,13 +40,13 @@ thread_local! {
 /// let vs = nn::VarStore::new(Device::Cpu);
 /// let bn = BatchNorm2d::new(&vs.root(), 3, BatchNormSpec { eps: 1e-5, momentum: 0.1 })?;
 /// let x = Tensor::randn([4, 3, 5, 5], (Kind::Float, Device::Cpu));
-/// let synced = with_synchronized_batch_norm(Arc::new(Alone), || bn.forward_t(&x, true))?;
+/// let synced = with_synchronized_batch_norm(Rc::new(Alone), || bn.forward_t(&x, true))?;
 /// let plain = bn.forward_t(&x, true)?;
 /// assert!(synced.allclose(&plain, 1e-4, 1e-4, false));
 /// # Ok::<(), basis_models::ModelError>(())
 /// ```
-pub fn with_synchronized_batch_norm<R>(sum: Arc<dyn ReplicaSum>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Arc<dyn ReplicaSum>>);
+pub fn with_synchronized_batch_norm<R>(sum: Rc<dyn ReplicaSum>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Rc<dyn ReplicaSum>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let old = self.0.take();

@@ -484,3 +484,59 @@ fn stem_stride_one_keeps_the_variables_and_quadruples_the_spatial_cost() {
     let old: MobileNetConfig = serde_json::from_value(json).unwrap();
     assert_eq!(old.stem_stride, 2);
 }
+
+/// The other replica of a simulated pair: its per-channel sums arrive as constants.
+struct OtherReplica(Tensor);
+
+impl basis_models::ReplicaSum for OtherReplica {
+    fn replica_sum(&self, x: &Tensor) -> std::result::Result<Tensor, String> {
+        Ok(x + &self.0)
+    }
+}
+
+#[test]
+fn synchronized_batch_norm_normalizes_over_every_replicas_batch() {
+    use basis_models::{with_synchronized_batch_norm, BatchNorm2d, BatchNormSpec};
+    let spec = BatchNormSpec {
+        eps: 1e-5,
+        momentum: 0.1,
+    };
+    let (vs_sync, vs_plain) = (
+        nn::VarStore::new(Device::Cpu),
+        nn::VarStore::new(Device::Cpu),
+    );
+    let synced = BatchNorm2d::new(&vs_sync.root(), 3, spec).unwrap();
+    let plain = BatchNorm2d::new(&vs_plain.root(), 3, spec).unwrap();
+    let x = Tensor::randn([8, 3, 5, 5], (Kind::Float, Device::Cpu)) * 2.0 + 1.0;
+    // This replica holds images 0..3, the other 3..8 (unequal parts, as a last batch).
+    let (mine, theirs) = (x.narrow(0, 0, 3), x.narrow(0, 3, 5));
+    let dims: &[i64] = &[0, 2, 3];
+    let their_stats = Tensor::cat(
+        &[
+            theirs.sum_dim_intlist(dims, false, Kind::Float),
+            theirs.square().sum_dim_intlist(dims, false, Kind::Float),
+            Tensor::from_slice(&[125.0f32]),
+        ],
+        0,
+    );
+    let y = with_synchronized_batch_norm(std::rc::Rc::new(OtherReplica(their_stats)), || {
+        synced.forward_t(&mine, true)
+    })
+    .unwrap();
+    let union = plain.forward_t(&x, true).unwrap();
+    assert!(
+        close(&y, &union.narrow(0, 0, 3)) < 1e-4,
+        "normalized over the union"
+    );
+    let (a, b) = (vs_sync.variables(), vs_plain.variables());
+    for name in ["running_mean", "running_var", "num_batches_tracked"] {
+        let d = (a[name].to_kind(Kind::Double) - b[name].to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(d < 1e-5, "{name}: {d} from batch norm over the union");
+    }
+    // Outside the scope, and in evaluation, batch norm is its plain self again.
+    let again = synced.forward_t(&x, false).unwrap();
+    assert!(close(&again, &plain.forward_t(&x, false).unwrap()) < 1e-5);
+}

@@ -131,7 +131,7 @@ impl DataParallel {
     pub fn forward<R>(&self, f: impl FnOnce() -> R) -> R {
         match self.batch_norm {
             BatchNormMode::Sync => basis_models::with_synchronized_batch_norm(
-                Arc::new(GroupSum(self.group.clone())),
+                std::rc::Rc::new(GroupSum(self.group.clone())),
                 f,
             ),
             BatchNormMode::Local => f(),

@@ -902,6 +902,8 @@ impl Run {
             );
             let start = Instant::now();
             let (mut loss_sum, mut seen) = (0.0, 0usize);
+            // Seconds rank 0 spent averaging gradients (data-parallel runs).
+            let mut averaging = 0.0;
             let mut lr = 0.0;
             let mut batches = self.train.epoch(epoch as u64);
             for (i, batch) in batches.by_ref().enumerate() {
@@ -926,7 +928,9 @@ impl Run {
                 self.optimizer.zero_grad();
                 loss.f_backward()?;
                 if let Some(p) = &self.parallel {
+                    let t = Instant::now();
                     p.average_gradients()?;
+                    averaging += t.elapsed().as_secs_f64();
                 }
                 self.optimizer.step(lr);
                 if let Some((_, _, ema)) = &self.ema {
@@ -980,7 +984,7 @@ impl Run {
             }
             self.append_summary(lr, loss_sum / seen.max(1) as f64, &evaluation, seconds)?;
             eprintln!(
-                "epoch {}/{epochs}: loss {:.4}, {}specialist top-1 {:.2}%, {:.0} images/s",
+                "epoch {}/{epochs}: loss {:.4}, {}specialist top-1 {:.2}%, {:.0} images/s{}",
                 self.state.epoch,
                 loss_sum / seen.max(1) as f64,
                 evaluation
@@ -988,7 +992,15 @@ impl Run {
                     .map(|l| format!("light top-1 {:.2}%, ", 100.0 * l))
                     .unwrap_or_default(),
                 100.0 * evaluation.specialist_top1,
-                seen as f64 / seconds
+                seen as f64 / seconds,
+                match &self.parallel {
+                    Some(p) => format!(
+                        " over {} processes ({:.0}% of rank 0's time averaging gradients)",
+                        p.world_size(),
+                        100.0 * averaging / seconds
+                    ),
+                    None => String::new(),
+                }
             );
             self.save_checkpoint("last")?;
             if improved {
