@@ -16,28 +16,6 @@
 
 namespace {
 
-char* copy_message(const char* text) {
-  char* out = static_cast<char*>(std::malloc(std::strlen(text) + 1));
-  if (out != nullptr) {
-    std::strcpy(out, text);
-  }
-  return out;
-}
-
-template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return copy_message(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return copy_message(e.what());
-  } catch (...) {
-    return copy_message("unknown C++ exception");
-  }
-}
-
 // Groups alive, by id: the differentiable all-reduce looks its group up at backward time
 // and fails with a message, not a dangling pointer, when the group is gone.
 std::mutex registry_mutex;
@@ -96,7 +74,7 @@ void bd_free_message(char* message) { std::free(message); }
 
 char* bd_store_new(const char* host, uint16_t port, int is_server, int64_t world_size,
                    int64_t timeout_ms, const char* prefix, bd_store** out) {
-  return guarded([&] {
+  return bd_guarded([&] {
     c10d::TCPStoreOptions options;
     options.port = port;
     options.isServer = is_server != 0;
@@ -119,7 +97,7 @@ void bd_store_free(bd_store* store) {
 char* bd_group_new_gloo(bd_store* store, int rank, int size, int64_t timeout_ms,
                         const char* interface, const char* hostname, int64_t threads,
                         int64_t* out) {
-  return guarded([&] {
+  return bd_guarded([&] {
     auto& s = *reinterpret_cast<c10::intrusive_ptr<c10d::Store>*>(store);
     auto options = c10d::ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
     if (interface != nullptr && interface[0] != '\0') {
@@ -156,7 +134,7 @@ void bd_group_free(int64_t group) {
 
 char* bd_all_reduce(int64_t group, at::Tensor** tensors, size_t count, int op,
                     int64_t timeout_ms) {
-  return guarded([&] {
+  return bd_guarded([&] {
     auto g = lookup(group);
     c10d::AllreduceOptions options;
     options.reduceOp = op == 1 ? c10d::ReduceOp::MAX : c10d::ReduceOp::SUM;
@@ -173,7 +151,7 @@ char* bd_all_reduce(int64_t group, at::Tensor** tensors, size_t count, int op,
 }
 
 char* bd_all_reduce_start(int64_t group, at::Tensor* tensor, bd_work** out) {
-  return guarded([&] {
+  return bd_guarded([&] {
     auto g = lookup(group);
     std::vector<at::Tensor> list{*tensor};
     auto work = g->allreduce(list);
@@ -182,7 +160,7 @@ char* bd_all_reduce_start(int64_t group, at::Tensor* tensor, bd_work** out) {
 }
 
 char* bd_work_wait(bd_work* work, int64_t timeout_ms) {
-  return guarded([&] { wait(*reinterpret_cast<c10::intrusive_ptr<c10d::Work>*>(work), timeout_ms); });
+  return bd_guarded([&] { wait(*reinterpret_cast<c10::intrusive_ptr<c10d::Work>*>(work), timeout_ms); });
 }
 
 void bd_work_free(bd_work* work) {
@@ -191,7 +169,7 @@ void bd_work_free(bd_work* work) {
 
 char* bd_broadcast(int64_t group, at::Tensor** tensors, size_t count, int root,
                    int64_t timeout_ms) {
-  return guarded([&] {
+  return bd_guarded([&] {
     auto g = lookup(group);
     c10d::BroadcastOptions options;
     options.rootRank = root;
@@ -204,7 +182,7 @@ char* bd_broadcast(int64_t group, at::Tensor** tensors, size_t count, int root,
 }
 
 char* bd_barrier(int64_t group, int64_t timeout_ms) {
-  return guarded([&] {
+  return bd_guarded([&] {
     auto g = lookup(group);
     wait(g->barrier(), timeout_ms);
   });
@@ -212,7 +190,7 @@ char* bd_barrier(int64_t group, int64_t timeout_ms) {
 
 char* bd_all_reduce_differentiable(int64_t group, at::Tensor* input, int64_t timeout_ms,
                                    at::Tensor** out) {
-  return guarded([&] {
+  return bd_guarded([&] {
     auto result = AllReduceSum::apply(*input, group, timeout_ms);
     *out = new at::Tensor(std::move(result));
   });

@@ -182,11 +182,11 @@ impl ProcessGroup {
             }
             Backend::Nccl => Self::new_nccl(&store, launch, ms, &mut id),
         };
-        made.map_err(|message| DistError::Collective {
-            op: "joining the process group",
+        made.map_err(|message| DistError::Backend {
+            backend: options.backend,
             rank: launch.rank,
             world_size: launch.world_size,
-            message,
+            message: message.lines().next().unwrap_or_default().to_string(),
         })?;
         Ok(ProcessGroup {
             id,

@@ -74,6 +74,18 @@ pub enum DistError {
         /// What c10d said.
         message: String,
     },
+    /// The backend could not be made (no GPU for NCCL, a build without it...).
+    #[error("could not start the {backend} backend on rank {rank} of {world_size}: {message}")]
+    Backend {
+        /// The backend.
+        backend: Backend,
+        /// This rank.
+        rank: usize,
+        /// Number of ranks.
+        world_size: usize,
+        /// What c10d said.
+        message: String,
+    },
     /// The ranks disagree on what to reduce.
     #[error("{0}")]
     Mismatch(String),

@@ -290,3 +290,33 @@ fn a_job_of_one_works_without_peers() {
     g.barrier().unwrap();
     assert_eq!(Vec::<f32>::try_from(&t).unwrap(), vec![2.0]);
 }
+
+#[test]
+fn nccl_on_cpu_tensors_is_an_error_not_a_crash() {
+    let options = GroupOptions {
+        backend: basis_dist::Backend::Nccl,
+        timeout: Duration::from_secs(5),
+        ..GroupOptions::default()
+    };
+    let made = ProcessGroup::init(&Launch::single(free_port()), &options);
+    let err = match made {
+        Err(e) => e.to_string(),
+        Ok(g) => {
+            let t = Tensor::from_slice(&[2.0f32]);
+            g.all_reduce_sum(&[&t]).unwrap_err().to_string()
+        }
+    };
+    if !basis_dist::Backend::nccl_built() {
+        assert!(err.contains("this build has no NCCL backend"), "{err}");
+    } else if !tch::Cuda::is_available() {
+        assert!(
+            err.starts_with("could not start the nccl backend on rank 0 of 1: ")
+                && err.contains("GPU"),
+            "{err}"
+        );
+        assert!(!err.contains("frame #"), "no C++ backtrace: {err}");
+    } else {
+        // With a GPU the group starts; a CPU tensor is refused.
+        assert!(err.contains("failed on rank 0 of 1"), "{err}");
+    }
+}
