@@ -91,22 +91,8 @@ fn install(dir: &Path, cuda: bool) -> Result<()> {
     if cuda {
         eprintln!("setup: CCCL's headers ({CCCL}) for the NCCL backend");
         let site = partial.join("cccl-site");
-        let out = Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--no-input",
-                "--disable-pip-version-check",
-            ])
-            .args([
-                "--no-cache-dir",
-                "--no-deps",
-                "--progress-bar",
-                "off",
-                "--target",
-            ])
-            .arg(&site)
+        let out = crate::setup::pip_install_into(&site)
+            .arg("--no-deps")
             .arg(CCCL)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

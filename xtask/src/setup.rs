@@ -163,16 +163,7 @@ fn install(dir: &Path) -> Result<()> {
         REQUIREMENTS.join(" "),
         dir.display()
     );
-    let output = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--no-input",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-cache-dir", "--progress-bar", "off", "--target"])
-        .arg(&partial)
+    let output = pip_install_into(&partial)
         .args(REQUIREMENTS)
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -199,6 +190,21 @@ fn install(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `python3 -m pip install` into the folder `target` (quiet, no cache); add packages.
+pub fn pip_install_into(target: &Path) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-input",
+        "--disable-pip-version-check",
+    ])
+    .args(["--no-cache-dir", "--progress-bar", "off", "--target"])
+    .arg(target);
+    cmd
 }
 
 /// One sentence for the usual reasons pip fails here.

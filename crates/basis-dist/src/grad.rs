@@ -4,7 +4,7 @@
 //! all-reduced concurrently, then divided by the world size and copied back.
 
 use crate::{DistError, ProcessGroup};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// PyTorch DDP's default bucket size.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
@@ -133,12 +133,4 @@ impl GradientBuckets {
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
     }
-}
-
-/// Whether `kind` is a floating-point kind (the ones that carry gradients).
-pub fn is_float(kind: Kind) -> bool {
-    matches!(
-        kind,
-        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
-    )
 }

@@ -36,6 +36,14 @@ pub struct Launch {
     pub restart: usize,
 }
 
+/// A TCP port that is free on this machine now (the operating system's pick), for a store
+/// of a job on this machine.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Port Slurm jobs use when `MASTER_PORT` is unset: the same on every task of a job,
 /// different between jobs (PyTorch Lightning's convention).
 pub fn slurm_port(job_id: u64) -> u16 {
@@ -114,19 +122,13 @@ impl Launch {
             };
             let rank = number(&var, "RANK")?;
             let world_size = number(&var, "WORLD_SIZE")?;
-            let local_rank = match var("LOCAL_RANK") {
-                Some(_) => number(&var, "LOCAL_RANK")?,
-                None => 0,
-            };
+            let local_rank = optional_number(&var, "LOCAL_RANK")?;
             let master_addr = required(&var, "MASTER_ADDR")?;
             let master_port = port(&var("MASTER_PORT"), "MASTER_PORT")?;
             let agent_store = torchrun
                 && var("TORCHELASTIC_USE_AGENT_STORE")
                     .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            let restart = match var("TORCHELASTIC_RESTART_COUNT") {
-                Some(_) => number(&var, "TORCHELASTIC_RESTART_COUNT")?,
-                None => 0,
-            };
+            let restart = optional_number(&var, "TORCHELASTIC_RESTART_COUNT")?;
             Launch {
                 rank,
                 world_size,
@@ -140,10 +142,7 @@ impl Launch {
         } else if var("SLURM_PROCID").is_some() && var("SLURM_NTASKS").is_some() {
             let rank = number(&var, "SLURM_PROCID")?;
             let world_size = number(&var, "SLURM_NTASKS")?;
-            let local_rank = match var("SLURM_LOCALID") {
-                Some(_) => number(&var, "SLURM_LOCALID")?,
-                None => 0,
-            };
+            let local_rank = optional_number(&var, "SLURM_LOCALID")?;
             let master_addr = match var("MASTER_ADDR") {
                 Some(addr) => addr,
                 None => var("SLURM_STEP_NODELIST")
@@ -207,6 +206,37 @@ impl Launch {
         }
     }
 
+    /// Rank `rank` of a job of `world_size` processes on this machine, the store on `port`.
+    pub fn local(rank: usize, world_size: usize, port: u16) -> Self {
+        Launch {
+            rank,
+            world_size,
+            local_rank: rank,
+            ..Self::single(port)
+        }
+    }
+
+    /// The variables a launcher sets for this process (PyTorch's `env://` names): start a
+    /// rank by hand with `Command::envs(launch.env())`, and [`Launch::from_env`] there
+    /// reads them back.
+    ///
+    /// ```
+    /// use basis_dist::Launch;
+    /// let env = Launch::local(1, 2, 29500).env();
+    /// let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    /// assert_eq!(Launch::from_vars(get)?, Some(Launch::local(1, 2, 29500)));
+    /// # Ok::<(), basis_dist::DistError>(())
+    /// ```
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RANK", self.rank.to_string()),
+            ("WORLD_SIZE", self.world_size.to_string()),
+            ("LOCAL_RANK", self.local_rank.to_string()),
+            ("MASTER_ADDR", self.master_addr.clone()),
+            ("MASTER_PORT", self.master_port.to_string()),
+        ]
+    }
+
     /// Whether this is rank 0 (the one that writes checkpoints and logs).
     pub fn is_main(&self) -> bool {
         self.rank == 0
@@ -238,6 +268,14 @@ fn number(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<usize, Di
     text.trim()
         .parse()
         .map_err(|_| DistError::Launch(format!("{name} is {text:?}; expected a whole number >= 0")))
+}
+
+/// `name` as a number, 0 when unset.
+fn optional_number(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<usize, DistError> {
+    match var(name) {
+        Some(_) => number(var, name),
+        None => Ok(0),
+    }
 }
 
 fn port(value: &Option<String>, name: &str) -> Result<u16, DistError> {

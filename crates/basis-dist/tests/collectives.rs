@@ -9,11 +9,7 @@ use tch::{Kind, Tensor};
 const ROLE: &str = "BASIS_DIST_TEST_ROLE";
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    basis_dist::launch::free_port().unwrap()
 }
 
 /// Start `roles.len()` ranks (rank i plays roles[i]) and collect their outputs; a job that
@@ -33,10 +29,7 @@ fn job(roles: &[&str], timeout_s: u64, deadline: Duration) -> Vec<Output> {
                     "--test-threads=1",
                 ])
                 .env(ROLE, role)
-                .env("RANK", rank.to_string())
-                .env("WORLD_SIZE", roles.len().to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
+                .envs(Launch::local(rank, roles.len(), port).env())
                 .env("BASIS_DIST_TEST_TIMEOUT", timeout_s.to_string())
                 .env_remove("TORCHELASTIC_RUN_ID")
                 .stdout(Stdio::piped())
