@@ -49,8 +49,8 @@ fn sorted(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
 
 /// Broadcast `tensors` from rank 0, one flattened tensor per kind (few collectives).
 fn broadcast_flat(group: &ProcessGroup, tensors: &[Tensor]) -> Result<(), TrainError> {
+    // The same order on every rank.
     let mut kinds: Vec<tch::Kind> = tensors.iter().map(|t| t.kind()).collect();
-    kinds.dedup();
     kinds.sort_by_key(|k| format!("{k:?}"));
     kinds.dedup();
     for kind in kinds {

@@ -708,6 +708,7 @@ impl Run {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
         let run = Self::build(recipe, dir, group)?;
+        run.broadcast_state()?;
         if main {
             let recipe_path = dir.join("recipe.toml");
             std::fs::write(&recipe_path, run.recipe.to_toml()).map_err(io(&recipe_path))?;
@@ -841,7 +842,7 @@ impl Run {
             seed: recipe.train.seed,
         };
         let parallel = group.map(|g| DataParallel::new(g, &vs, &recipe.distributed));
-        let run = Self {
+        Ok(Self {
             resolution: config.resolution,
             recipe,
             dir: dir.to_path_buf(),
@@ -854,9 +855,7 @@ impl Run {
             test,
             teacher,
             parallel,
-        };
-        run.broadcast_state()?;
-        Ok(run)
+        })
     }
 
     /// The model being trained.
