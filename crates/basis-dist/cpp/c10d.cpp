@@ -59,6 +59,46 @@ struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
   }
 };
 
+// Gradient averaging that overlaps backward: parameters are assigned to buckets up front;
+// a hook on every parameter copies its gradient into its bucket as autograd produces it,
+// and a bucket's all-reduce starts as soon as its last gradient is in. After backward,
+// buckets still incomplete (parameters that got no gradient) are reduced in bucket order,
+// every bucket is waited for, and the mean goes back into each parameter's .grad.
+struct Overlap {
+  int64_t group = 0;
+  std::vector<at::Tensor> params;
+  std::vector<unsigned> hooks;
+  std::vector<std::vector<size_t>> buckets;
+  std::vector<size_t> bucket_of;
+  std::vector<int64_t> offset;
+  std::vector<at::Tensor> flat;
+  std::vector<size_t> ready;
+  std::vector<char> seen;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::string failure;
+  bool armed = false;
+  std::mutex mutex;
+
+  void arrive(size_t i, const at::Tensor& grad) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!armed || seen[i] || !failure.empty()) {
+      return;
+    }
+    size_t b = bucket_of[i];
+    auto n = params[i].numel();
+    flat[b].narrow(0, offset[i], n).copy_(grad.reshape({-1}));
+    seen[i] = 1;
+    if (++ready[b] == buckets[b].size()) {
+      try {
+        std::vector<at::Tensor> one{flat[b]};
+        works[b] = lookup(group)->allreduce(one);
+      } catch (const std::exception& e) {
+        failure = e.what();
+      }
+    }
+  }
+};
+
 }  // namespace
 
 int64_t bd_register(c10::intrusive_ptr<c10d::Backend> backend) {
@@ -193,6 +233,107 @@ char* bd_all_reduce_differentiable(int64_t group, at::Tensor* input, int64_t tim
   return bd_guarded([&] {
     auto result = AllReduceSum::apply(*input, group, timeout_ms);
     *out = new at::Tensor(std::move(result));
+  });
+}
+
+char* bd_overlap_new(int64_t group, at::Tensor** params, size_t count, const size_t* bucket_sizes,
+                     size_t buckets, bd_overlap** out) {
+  return bd_guarded([&] {
+    auto state = std::make_shared<Overlap>();
+    state->group = group;
+    size_t next = 0;
+    for (size_t b = 0; b < buckets; ++b) {
+      std::vector<size_t> members;
+      int64_t size = 0;
+      for (size_t k = 0; k < bucket_sizes[b]; ++k, ++next) {
+        TORCH_CHECK(next < count, "bucket sizes add up to more than the parameters");
+        const at::Tensor& p = *params[next];
+        state->params.push_back(p);
+        state->bucket_of.push_back(b);
+        state->offset.push_back(size);
+        size += p.numel();
+        members.push_back(next);
+      }
+      state->buckets.push_back(members);
+      auto first = *params[members.empty() ? 0 : members[0]];
+      state->flat.push_back(at::empty({size}, first.options().requires_grad(false)));
+    }
+    TORCH_CHECK(next == count, "bucket sizes add up to fewer than the parameters");
+    state->ready.assign(buckets, 0);
+    state->works.resize(buckets);
+    state->seen.assign(count, 0);
+    std::weak_ptr<Overlap> weak = state;
+    for (size_t i = 0; i < count; ++i) {
+      state->hooks.push_back(state->params[i].register_hook([weak, i](const at::Tensor& grad) {
+        if (auto s = weak.lock()) {
+          s->arrive(i, grad);
+        }
+      }));
+    }
+    *out = reinterpret_cast<bd_overlap*>(new std::shared_ptr<Overlap>(std::move(state)));
+  });
+}
+
+void bd_overlap_free(bd_overlap* handle) {
+  auto* state = reinterpret_cast<std::shared_ptr<Overlap>*>(handle);
+  for (size_t i = 0; i < (*state)->params.size(); ++i) {
+    try {
+      (*state)->params[i].remove_hook((*state)->hooks[i]);
+    } catch (...) {
+    }
+  }
+  delete state;
+}
+
+void bd_overlap_arm(bd_overlap* handle) {
+  auto& s = **reinterpret_cast<std::shared_ptr<Overlap>*>(handle);
+  std::lock_guard<std::mutex> lock(s.mutex);
+  std::fill(s.ready.begin(), s.ready.end(), 0);
+  std::fill(s.seen.begin(), s.seen.end(), 0);
+  for (auto& w : s.works) {
+    w.reset();
+  }
+  s.failure.clear();
+  s.armed = true;
+}
+
+// After backward: reduce the buckets that did not fill (zeros for parameters without a
+// gradient), wait for all, write the mean into every parameter that got a gradient.
+// `seen` receives one flag per parameter (1: it had a gradient this step).
+char* bd_overlap_finish(bd_overlap* handle, int64_t world_size, int64_t timeout_ms, char* seen) {
+  return bd_guarded([&] {
+    auto& s = **reinterpret_cast<std::shared_ptr<Overlap>*>(handle);
+    std::lock_guard<std::mutex> lock(s.mutex);
+    s.armed = false;
+    TORCH_CHECK(s.failure.empty(), s.failure);
+    auto group = lookup(s.group);
+    for (size_t b = 0; b < s.buckets.size(); ++b) {
+      if (s.works[b]) {
+        continue;
+      }
+      for (size_t i : s.buckets[b]) {
+        if (!s.seen[i]) {
+          s.flat[b].narrow(0, s.offset[i], s.params[i].numel()).zero_();
+        }
+      }
+      std::vector<at::Tensor> one{s.flat[b]};
+      s.works[b] = group->allreduce(one);
+    }
+    for (auto& w : s.works) {
+      wait(w, timeout_ms);
+    }
+    at::NoGradGuard no_grad;
+    double scale = 1.0 / static_cast<double>(world_size);
+    for (size_t i = 0; i < s.params.size(); ++i) {
+      seen[i] = s.seen[i];
+      if (!s.seen[i]) {
+        continue;
+      }
+      at::Tensor grad = s.params[i].grad();
+      TORCH_CHECK(grad.defined(), "a parameter's gradient hook ran but it has no gradient");
+      auto part = s.flat[s.bucket_of[i]].narrow(0, s.offset[i], s.params[i].numel());
+      at::mul_out(grad, part.view(grad.sizes()), at::scalar_tensor(scale, part.options()));
+    }
   });
 }
 

@@ -13,6 +13,7 @@
 
 struct bd_store;
 struct bd_work;
+struct bd_overlap;
 
 // A malloc'ed copy of `text`, for Rust to read and free with bd_free_message.
 inline char* bd_copy_message(const char* text) {

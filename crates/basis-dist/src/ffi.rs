@@ -15,7 +15,29 @@ pub struct Work {
     _opaque: [u8; 0],
 }
 
+/// A `std::shared_ptr<Overlap>` (see c10d.cpp) owned by Rust.
+#[repr(C)]
+pub struct Overlap {
+    _opaque: [u8; 0],
+}
+
 extern "C" {
+    pub fn bd_overlap_new(
+        group: i64,
+        params: *const *mut C_tensor,
+        count: usize,
+        bucket_sizes: *const usize,
+        buckets: usize,
+        out: *mut *mut Overlap,
+    ) -> *mut c_char;
+    pub fn bd_overlap_free(handle: *mut Overlap);
+    pub fn bd_overlap_arm(handle: *mut Overlap);
+    pub fn bd_overlap_finish(
+        handle: *mut Overlap,
+        world_size: i64,
+        timeout_ms: i64,
+        seen: *mut c_char,
+    ) -> *mut c_char;
     pub fn bd_free_message(message: *mut c_char);
     pub fn bd_store_new(
         host: *const c_char,

@@ -3,7 +3,8 @@
 //! `cap` bytes; after backward every bucket is flattened into one tensor, all buckets are
 //! all-reduced concurrently, then divided by the world size and copied back.
 
-use crate::{DistError, ProcessGroup};
+use crate::{ffi, DistError, ProcessGroup};
+use std::sync::Arc;
 use tch::Tensor;
 
 /// PyTorch DDP's default bucket size.
@@ -68,20 +69,7 @@ impl GradientBuckets {
         }
         let grads: Vec<Tensor> = self.params.iter().map(|p| p.grad()).collect();
         let present: Vec<bool> = grads.iter().map(|g| g.defined()).collect();
-        let flags = Tensor::from_slice(&present.iter().map(|&p| p as i32).collect::<Vec<_>>());
-        group.all_reduce_sum(&[&flags])?;
-        let counts = Vec::<i32>::try_from(&flags).map_err(DistError::Torch)?;
-        let world = group.world_size() as i32;
-        if let Some(i) = counts.iter().position(|&c| c != 0 && c != world) {
-            return Err(DistError::Mismatch(format!(
-                "parameter {} (of {}, counted from the last) has a gradient on {} of {} ranks; \
-                 every rank must run the same layers",
-                i,
-                self.params.len(),
-                counts[i],
-                world
-            )));
-        }
+        check_presence(group, &present)?;
         let buckets = self.buckets(&present);
         let mut cache = self.flat.lock().unwrap_or_else(|e| e.into_inner());
         if cache.0 != buckets {
@@ -132,5 +120,123 @@ impl GradientBuckets {
     /// Whether there are no parameters.
     pub fn is_empty(&self) -> bool {
         self.params.is_empty()
+    }
+}
+
+/// Check that every rank had gradients for the same parameters: one small all-reduce of
+/// the flags; a mismatch names the first parameter (counted from the last).
+fn check_presence(group: &ProcessGroup, present: &[bool]) -> Result<(), DistError> {
+    let flags = Tensor::from_slice(&present.iter().map(|&p| p as i32).collect::<Vec<_>>());
+    group.all_reduce_sum(&[&flags])?;
+    let counts = Vec::<i32>::try_from(&flags).map_err(DistError::Torch)?;
+    let world = group.world_size() as i32;
+    match counts.iter().position(|&c| c != 0 && c != world) {
+        Some(i) => Err(DistError::Mismatch(format!(
+            "parameter {i} (of {}, counted from the last) has a gradient on {} of {world} \
+             ranks; every rank must run the same layers",
+            present.len(),
+            counts[i],
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Gradient averaging that overlaps backward, as DDP's reducer does: a hook on every
+/// parameter copies its gradient into its bucket when autograd produces it, and each
+/// bucket's all-reduce starts as soon as the bucket is full, while backward goes on.
+/// Call [`OverlappingBuckets::arm`] before backward and [`OverlappingBuckets::finish`]
+/// after it; the result equals [`GradientBuckets::all_reduce_mean`]'s.
+///
+/// Every rank must run the same layers in the same order (buckets fill, and start, in
+/// the order backward reaches them). Buckets with parameters that got no gradient are
+/// reduced after backward (zeros in those places), and those parameters keep no gradient.
+pub struct OverlappingBuckets {
+    handle: *mut ffi::Overlap,
+    group: Arc<ProcessGroup>,
+    count: usize,
+    buckets: usize,
+}
+
+// SAFETY: the C++ state is guarded by its own mutex; hooks hold only a weak reference.
+unsafe impl Send for OverlappingBuckets {}
+
+impl std::fmt::Debug for OverlappingBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlappingBuckets")
+            .field("params", &self.count)
+            .field("buckets", &self.buckets)
+            .finish()
+    }
+}
+
+impl OverlappingBuckets {
+    /// Hooks on `params` (in the order the model lists them), buckets of about `cap`
+    /// bytes in reverse order, reducing over `group`.
+    pub fn new(group: Arc<ProcessGroup>, params: &[Tensor], cap: usize) -> Result<Self, DistError> {
+        let plan = GradientBuckets::new(params, cap);
+        let buckets = plan.buckets(&vec![true; params.len()]);
+        let sizes: Vec<usize> = buckets.iter().map(Vec::len).collect();
+        let ordered: Vec<&Tensor> = buckets.iter().flatten().map(|&i| &plan.params[i]).collect();
+        let list = crate::group::ptrs(&ordered);
+        let mut handle = std::ptr::null_mut();
+        // SAFETY: live tensors (the shim keeps its own references), sizes adding up to them.
+        ffi::check(unsafe {
+            ffi::bd_overlap_new(
+                group.id(),
+                list.as_ptr(),
+                list.len(),
+                sizes.as_ptr(),
+                sizes.len(),
+                &mut handle,
+            )
+        })
+        .map_err(DistError::Mismatch)?;
+        Ok(OverlappingBuckets {
+            handle,
+            group,
+            count: list.len(),
+            buckets: sizes.len(),
+        })
+    }
+
+    /// Number of buckets.
+    pub fn len(&self) -> usize {
+        self.buckets
+    }
+
+    /// Whether there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Start listening for this step's gradients (call before backward).
+    pub fn arm(&self) {
+        // SAFETY: live handle.
+        unsafe { ffi::bd_overlap_arm(self.handle) }
+    }
+
+    /// Finish this step (call after backward): every parameter that got a gradient holds
+    /// the mean over the ranks.
+    pub fn finish(&self) -> Result<(), DistError> {
+        let mut seen = vec![0 as std::os::raw::c_char; self.count];
+        // SAFETY: live handle, `seen` holds one flag per parameter.
+        ffi::check(unsafe {
+            ffi::bd_overlap_finish(
+                self.handle,
+                self.group.world_size() as i64,
+                self.group.timeout_ms(),
+                seen.as_mut_ptr(),
+            )
+        })
+        .map_err(self.group.fail("all-reduce (sum)"))?;
+        let present: Vec<bool> = seen.iter().map(|&s| s != 0).collect();
+        check_presence(&self.group, &present)
+    }
+}
+
+impl Drop for OverlappingBuckets {
+    fn drop(&mut self) {
+        // SAFETY: made by bd_overlap_new, freed once (its hooks are removed).
+        unsafe { ffi::bd_overlap_free(self.handle) }
     }
 }

@@ -121,7 +121,7 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.starts_with("127.") || host == "::1"
 }
 
-fn ptrs(tensors: &[&Tensor]) -> Vec<*mut torch_sys::C_tensor> {
+pub(crate) fn ptrs(tensors: &[&Tensor]) -> Vec<*mut torch_sys::C_tensor> {
     tensors.iter().map(|t| t.as_ptr() as *mut _).collect()
 }
 
@@ -241,11 +241,15 @@ impl ProcessGroup {
         self.rank == 0
     }
 
-    fn timeout_ms(&self) -> i64 {
+    pub(crate) fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub(crate) fn timeout_ms(&self) -> i64 {
         self.timeout.as_millis().min(i64::MAX as u128) as i64
     }
 
-    fn fail(&self, op: &'static str) -> impl FnOnce(String) -> DistError + '_ {
+    pub(crate) fn fail(&self, op: &'static str) -> impl FnOnce(String) -> DistError + '_ {
         move |message| DistError::Collective {
             op,
             rank: self.rank,

@@ -8,7 +8,9 @@
 //!   `RANK`/`WORLD_SIZE`/`MASTER_ADDR`/`MASTER_PORT` set by hand.
 //! - [`ProcessGroup`]: all-reduce, broadcast and barrier on `tch` tensors, and a
 //!   differentiable all-reduce (for synchronized batch norm).
-//! - [`GradientBuckets`]: DDP-style bucketed gradient averaging after backward.
+//! - [`OverlappingBuckets`]: DDP-style bucketed gradient averaging that overlaps backward
+//!   (hooks on the parameters start each bucket's all-reduce once it is full), and
+//!   [`GradientBuckets`], the same after backward without hooks.
 //!
 //! Failures are errors, not hangs: a rank that dies closes its connections and the others'
 //! next collective fails at once; one that hangs makes them fail after the group's timeout;
@@ -36,7 +38,7 @@ pub mod grad;
 mod group;
 pub mod launch;
 
-pub use grad::{GradientBuckets, DEFAULT_BUCKET_BYTES};
+pub use grad::{GradientBuckets, OverlappingBuckets, DEFAULT_BUCKET_BYTES};
 pub use group::{Backend, GroupOptions, Pending, ProcessGroup};
 pub use launch::{Launch, Launcher};
 

@@ -90,7 +90,7 @@ fn rank() {
     let g = group();
     let r = g.rank() as f64;
     match role.as_str() {
-        "collectives" => collectives(&g, r),
+        "collectives" => collectives(&std::sync::Arc::new(g), r),
         "dies" => {
             g.barrier().unwrap();
             // Gone without a word, as a crashed process.
@@ -112,7 +112,7 @@ fn rank() {
     }
 }
 
-fn collectives(g: &ProcessGroup, r: f64) {
+fn collectives(g: &std::sync::Arc<ProcessGroup>, r: f64) {
     assert_eq!(g.world_size(), 2);
     // Sum and max, several tensors and kinds in one call.
     let a = Tensor::from_slice(&[r + 1.0, 10.0 * (r + 1.0)]).to_kind(Kind::Float);
@@ -172,6 +172,39 @@ fn collectives(g: &ProcessGroup, r: f64) {
         mine.equal(&theirs),
         "ranks hold different averaged gradients"
     );
+
+    // Overlapping backward: the hooks fill the buckets as autograd produces gradients;
+    // the mean is the same, bit for bit, as averaging after backward. A parameter no rank
+    // uses keeps no gradient.
+    let averaged = Tensor::cat(&[w.grad().reshape([-1]), bias.grad().reshape([-1])], 0);
+    let unused = Tensor::ones([3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let overlap = basis_dist::OverlappingBuckets::new(
+        g.clone(),
+        &[
+            w.shallow_clone(),
+            unused.shallow_clone(),
+            bias.shallow_clone(),
+        ],
+        16,
+    )
+    .unwrap();
+    assert_eq!(overlap.len(), 3);
+    for _ in 0..2 {
+        let _ = w.grad().zero_();
+        let _ = bias.grad().zero_();
+        overlap.arm();
+        loss_of(&inputs.narrow(0, 4 * r as i64, 4)).backward();
+        overlap.finish().unwrap();
+        let again = Tensor::cat(&[w.grad().reshape([-1]), bias.grad().reshape([-1])], 0);
+        assert!(
+            again.equal(&averaged),
+            "overlapped averaging differs from averaging after backward"
+        );
+        assert!(
+            !unused.grad().defined(),
+            "an unused parameter got a gradient"
+        );
+    }
 
     // Ranks that disagree on which parameters have gradients get one sentence, not garbage.
     let p = Tensor::ones([2], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);

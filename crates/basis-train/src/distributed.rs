@@ -1,12 +1,13 @@
 //! Data-parallel training over a [`basis_dist::ProcessGroup`]: every process holds the
 //! whole model, trains on its part of each batch ([`crate::data::Shard`]), and the
 //! gradients are averaged across processes before every optimizer step (DDP's scheme on
-//! c10d, in buckets after backward). Batch norm is local (rank 0's running statistics are
-//! kept, as DDP's buffer broadcast does) or synchronized ([`BatchNormMode::Sync`]).
+//! c10d: buckets all-reduced as backward fills them). Batch norm is local (rank 0's
+//! running statistics are kept, as DDP's buffer broadcast does) or synchronized
+//! ([`BatchNormMode::Sync`]).
 
 use crate::recipe::{BatchNormMode, DistributedSection};
 use crate::trainer::TrainError;
-use basis_dist::{GradientBuckets, ProcessGroup};
+use basis_dist::{OverlappingBuckets, ProcessGroup};
 use basis_models::ReplicaSum;
 use std::sync::Arc;
 use tch::{nn, Tensor};
@@ -27,7 +28,7 @@ impl ReplicaSum for GroupSum {
 /// One process of a data-parallel run.
 pub struct DataParallel {
     group: Arc<ProcessGroup>,
-    buckets: GradientBuckets,
+    buckets: OverlappingBuckets,
     batch_norm: BatchNormMode,
 }
 
@@ -79,13 +80,17 @@ fn broadcast_flat(group: &ProcessGroup, tensors: &[Tensor]) -> Result<(), TrainE
 
 impl DataParallel {
     /// Data parallelism over `group` for the trainable variables of `vs`.
-    pub fn new(group: Arc<ProcessGroup>, vs: &nn::VarStore, config: &DistributedSection) -> Self {
+    pub fn new(
+        group: Arc<ProcessGroup>,
+        vs: &nn::VarStore,
+        config: &DistributedSection,
+    ) -> Result<Self, TrainError> {
         let bytes = (config.bucket_mb * (1 << 20) as f64) as usize;
-        DataParallel {
-            buckets: GradientBuckets::new(&vs.trainable_variables(), bytes),
+        Ok(DataParallel {
+            buckets: OverlappingBuckets::new(group.clone(), &vs.trainable_variables(), bytes)?,
             group,
             batch_norm: config.batch_norm,
-        }
+        })
     }
 
     /// This process's rank.
@@ -122,9 +127,16 @@ impl DataParallel {
         broadcast_flat(&self.group, &buffers)
     }
 
-    /// Average the gradients across ranks (call between backward and the optimizer step).
+    /// Start listening for this step's gradients: call before backward, so each bucket's
+    /// all-reduce starts while backward goes on.
+    pub fn before_backward(&self) {
+        self.buckets.arm();
+    }
+
+    /// Finish averaging the gradients across ranks (call between backward and the
+    /// optimizer step).
     pub fn average_gradients(&self) -> Result<(), TrainError> {
-        Ok(self.buckets.all_reduce_mean(&self.group)?)
+        Ok(self.buckets.finish()?)
     }
 
     /// Run a training forward: with synchronized batch norm when the recipe says so.

@@ -841,7 +841,9 @@ impl Run {
             best_epoch: 0,
             seed: recipe.train.seed,
         };
-        let parallel = group.map(|g| DataParallel::new(g, &vs, &recipe.distributed));
+        let parallel = group
+            .map(|g| DataParallel::new(g, &vs, &recipe.distributed))
+            .transpose()?;
         Ok(Self {
             resolution: config.resolution,
             recipe,
@@ -925,6 +927,9 @@ impl Run {
                     });
                 }
                 self.optimizer.zero_grad();
+                if let Some(p) = &self.parallel {
+                    p.before_backward();
+                }
                 loss.f_backward()?;
                 if let Some(p) = &self.parallel {
                     let t = Instant::now();
