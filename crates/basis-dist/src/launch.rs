@@ -124,7 +124,7 @@ impl Launch {
             let world_size = number(&var, "WORLD_SIZE")?;
             let local_rank = optional_number(&var, "LOCAL_RANK")?;
             let master_addr = required(&var, "MASTER_ADDR")?;
-            let master_port = port(&var("MASTER_PORT"), "MASTER_PORT")?;
+            let master_port = port(&var, "MASTER_PORT")?;
             let agent_store = torchrun
                 && var("TORCHELASTIC_USE_AGENT_STORE")
                     .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -158,7 +158,7 @@ impl Launch {
                     })?,
             };
             let master_port = match var("MASTER_PORT") {
-                Some(p) => port(&Some(p), "MASTER_PORT")?,
+                Some(_) => port(&var, "MASTER_PORT")?,
                 None => match var("SLURM_JOB_ID") {
                     Some(_) => slurm_port(number(&var, "SLURM_JOB_ID")? as u64),
                     None => {
@@ -278,13 +278,8 @@ fn optional_number(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<
     }
 }
 
-fn port(value: &Option<String>, name: &str) -> Result<u16, DistError> {
-    let Some(text) = value.as_deref().filter(|v| !v.is_empty()) else {
-        return Err(DistError::Launch(format!(
-            "{name} is not set; a distributed run needs RANK, WORLD_SIZE, MASTER_ADDR and \
-             MASTER_PORT (torchrun and srun set them, or set them by hand)"
-        )));
-    };
+fn port(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<u16, DistError> {
+    let text = required(var, name)?;
     match text.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
         _ => Err(DistError::Launch(format!(

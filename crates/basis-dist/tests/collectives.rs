@@ -261,51 +261,32 @@ fn a_rank_that_hangs_makes_the_others_fail_after_the_timeout() {
     );
 }
 
-#[test]
-fn an_unreachable_store_is_one_sentence_naming_it() {
-    let port = free_port();
-    let launch = Launch {
-        rank: 1,
-        world_size: 2,
-        master_port: port,
-        ..Launch::single(port)
-    };
+/// The error of joining as `launch` with a 2 s timeout.
+fn join_error(launch: &Launch) -> String {
     let options = GroupOptions {
         timeout: Duration::from_secs(2),
         ..GroupOptions::default()
     };
-    let err = ProcessGroup::init(&launch, &options)
+    ProcessGroup::init(launch, &options)
         .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with(&format!(
-            "could not reach the rendezvous store at 127.0.0.1:{port} within 2 s"
-        )),
-        "{err}"
-    );
+        .to_string()
+}
+
+#[test]
+fn an_unreachable_store_is_one_sentence_naming_it() {
+    let port = free_port();
+    let err = join_error(&Launch::local(1, 2, port));
+    let expected = format!("could not reach the rendezvous store at 127.0.0.1:{port} within 2 s");
+    assert!(err.starts_with(&expected), "{err}");
 }
 
 #[test]
 fn a_store_port_in_use_is_one_sentence_naming_it() {
     let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let launch = Launch {
-        world_size: 2,
-        ..Launch::single(port)
-    };
-    let options = GroupOptions {
-        timeout: Duration::from_secs(2),
-        ..GroupOptions::default()
-    };
-    let err = ProcessGroup::init(&launch, &options)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with(&format!(
-            "could not host the rendezvous store on port {port}"
-        )),
-        "{err}"
-    );
+    let err = join_error(&Launch::local(0, 2, port));
+    let expected = format!("could not host the rendezvous store on port {port}");
+    assert!(err.starts_with(&expected), "{err}");
 }
 
 #[test]
