@@ -4,9 +4,8 @@
 use anyhow::{bail, Context, Result};
 use basis_train::plot::{line_chart, Series};
 use basis_train::recipe::Stage;
-use basis_train::{ExitPoint, Recipe};
+use basis_train::{Metrics, RunDir};
 use clap::Args;
-use serde::Deserialize;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,21 +28,6 @@ pub struct CompareArgs {
     max_drop: f64,
 }
 
-#[derive(Deserialize)]
-struct Metrics {
-    light_top1: Option<f64>,
-    specialist_top1: f64,
-    ema_specialist_top1: Option<f64>,
-    #[serde(default)]
-    early_exit: Vec<ExitPoint>,
-    light_madds: i64,
-    full_madds: i64,
-    epochs: usize,
-    train_seconds: f64,
-    #[serde(default)]
-    coefficients: Option<basis_train::CoefficientStats>,
-}
-
 struct RunRow {
     dir: PathBuf,
     name: String,
@@ -55,16 +39,9 @@ struct RunRow {
 }
 
 fn load(dir: &Path) -> Result<RunRow> {
-    let metrics_path = dir.join("metrics.json");
-    let text = std::fs::read_to_string(&metrics_path).with_context(|| {
-        format!(
-            "{}: expected a finished run directory with metrics.json",
-            dir.display()
-        )
-    })?;
-    let metrics: Metrics = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a run's metrics", metrics_path.display()))?;
-    let recipe = Recipe::load(&dir.join("recipe.toml").display().to_string())?;
+    let run = RunDir::new(dir);
+    let metrics = run.read_metrics()?;
+    let recipe = run.read_recipe()?;
     let config = recipe.basisnet()?;
     let backbone =
         |c: &basis_models::MobileNetConfig, r: i64| format!("{} {} at {r} px", c.arch, c.width);
@@ -107,14 +84,6 @@ fn load(dir: &Path) -> Result<RunRow> {
     })
 }
 
-/// The cheapest early-exit point within `max_drop` of the specialist.
-fn operating_point(m: &Metrics, max_drop: f64) -> Option<&ExitPoint> {
-    m.early_exit
-        .iter()
-        .filter(|p| p.top1 >= m.specialist_top1 - max_drop)
-        .min_by(|a, b| a.avg_madds.total_cmp(&b.avg_madds))
-}
-
 pub fn run(args: &CompareArgs) -> Result<()> {
     if !(0.0..1.0).contains(&args.max_drop) {
         bail!("--max-drop must be in [0, 1), found {}", args.max_drop);
@@ -134,18 +103,24 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let mut json_rows = Vec::new();
     for r in &rows {
         let m = &r.metrics;
-        let exit = operating_point(m, args.max_drop);
-        let coeff = m.coefficients.as_ref();
+        let exit = m.evaluation.operating_point(args.max_drop);
+        let coeff = m.evaluation.coefficients.as_ref();
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             r.name,
             r.what,
             m.epochs,
-            pct(m.specialist_top1),
-            m.ema_specialist_top1.map(pct).unwrap_or_else(|| "-".into()),
-            m.light_top1.map(pct).unwrap_or_else(|| "-".into()),
-            m.full_madds,
+            pct(m.evaluation.specialist_top1),
+            m.evaluation
+                .ema_specialist_top1
+                .map(pct)
+                .unwrap_or_else(|| "-".into()),
+            m.evaluation
+                .light_top1
+                .map(pct)
+                .unwrap_or_else(|| "-".into()),
+            m.evaluation.full_madds,
             exit.map(|p| format!(
                 "t = {}: {} at {:.0} MAdds ({:.0}% exit)",
                 p.threshold,
@@ -167,14 +142,14 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             "model": r.what,
             "num_bases": r.bases,
             "epochs": m.epochs,
-            "specialist_top1": m.specialist_top1,
-            "ema_specialist_top1": m.ema_specialist_top1,
-            "light_top1": m.light_top1,
-            "light_madds": m.light_madds,
-            "full_madds": m.full_madds,
-            "early_exit": m.early_exit,
+            "specialist_top1": m.evaluation.specialist_top1,
+            "ema_specialist_top1": m.evaluation.ema_specialist_top1,
+            "light_top1": m.evaluation.light_top1,
+            "light_madds": m.evaluation.light_madds,
+            "full_madds": m.evaluation.full_madds,
+            "early_exit": m.evaluation.early_exit,
             "operating_point": exit,
-            "coefficients": m.coefficients,
+            "coefficients": m.evaluation.coefficients,
             "train_seconds": m.train_seconds,
         }));
         let heatmap = r.dir.join("coefficients.svg");
@@ -189,7 +164,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let mut by_bases: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| !r.lightweight_alone)
-        .map(|r| (r.bases as f64, 100.0 * r.metrics.specialist_top1))
+        .map(|r| (r.bases as f64, 100.0 * r.metrics.evaluation.specialist_top1))
         .collect();
     by_bases.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut series = vec![Series {
@@ -202,7 +177,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             n.iter().copied().fold(f64::INFINITY, f64::min),
             n.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         );
-        let y = 100.0 * light.metrics.specialist_top1;
+        let y = 100.0 * light.metrics.evaluation.specialist_top1;
         series.push(Series {
             name: "lightweight model alone".into(),
             points: vec![(lo, y), (hi, y)],
@@ -224,6 +199,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
             name: format!("N = {}", r.bases),
             points: r
                 .metrics
+                .evaluation
                 .early_exit
                 .iter()
                 .map(|p| (p.avg_madds, 100.0 * p.top1))

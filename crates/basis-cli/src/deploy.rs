@@ -1,76 +1,53 @@
 //! `basisnet predict`, `basisnet specialize`, `basisnet calibrate`: using a trained run.
 
+use crate::weights::Which;
 use anyhow::{bail, Context, Result};
 use basis_models::{checkpoint, Stage};
-use basis_train::data::{decode, normalize_into, transform, AugmentConfig, Loader, LoaderConfig};
-use basis_train::{evaluate, trainer, Model, Recipe};
+use basis_train::data::{decode, normalize_into, transform, Split};
+use basis_train::{eval_loader, evaluate, LoadedRun, Model, Recipe, RunDir};
 use clap::Args;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
-/// A trained run: its recipe, variables and model.
-pub struct LoadedRun {
-    pub recipe: Recipe,
-    pub vs: nn::VarStore,
-    pub model: Model,
+/// Open the run in `dir` with its `which` weights.
+pub fn load_run(dir: &Path, which: Which) -> Result<LoadedRun> {
+    Ok(RunDir::new(dir).load(which.into())?)
 }
 
-/// Load `which` (best or last) weights of the run in `dir`.
-pub fn load_run(dir: &Path, which: &str) -> Result<LoadedRun> {
-    let recipe_path = dir.join("recipe.toml");
-    if !recipe_path.exists() {
-        bail!("{} is not a run directory (no recipe.toml)", dir.display());
-    }
-    if which != "best" && which != "last" {
-        bail!("--which is best or last, not {which:?}");
-    }
-    let recipe = Recipe::load(&recipe_path.display().to_string())?;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Model::build(&vs.root(), &recipe)?;
-    checkpoint::load(&vs, &dir.join(format!("{which}.safetensors")))?;
-    Ok(LoadedRun { recipe, vs, model })
+/// The class names of a run's dataset.
+fn class_names(recipe: &Recipe) -> Result<Vec<String>> {
+    Ok(recipe
+        .data
+        .open(Split::Test, recipe.in_channels()?)?
+        .classes()
+        .to_vec())
 }
 
-/// The evaluation transforms of a run, at both resolutions.
-pub fn eval_augment(recipe: &Recipe) -> Result<AugmentConfig> {
-    let config = recipe.basisnet()?;
-    Ok(AugmentConfig {
-        resolution: config.resolution as u32,
-        light_resolution: Some(config.lightweight_resolution as u32),
-        ..recipe.data.augment.clone()
-    })
-}
-
-/// `[N, C, H, W]` tensors at both resolutions for image files.
-fn images(paths: &[PathBuf], recipe: &Recipe) -> Result<(Tensor, Tensor)> {
-    let augment = eval_augment(recipe)?;
-    let channels = recipe.basisnet()?.specialist.in_channels as usize;
+/// `[N, C, H, W]` tensors for image files through the run's evaluation transforms: the
+/// low-resolution copies (a BasisNet only) and the full-resolution images.
+fn images(paths: &[PathBuf], recipe: &Recipe) -> Result<(Option<Tensor>, Tensor)> {
+    let augment = recipe.transforms()?;
+    let channels = recipe.in_channels()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let (mut full, mut light) = (Vec::new(), Vec::new());
     for path in paths {
         let image =
             decode(path, channels).with_context(|| format!("reading {}", path.display()))?;
         let (f, l) = transform(&augment, &image, false, &mut rng)?;
-        let l = l.expect("the evaluation transform makes the light copy");
-        let mut fv = vec![0f32; f.len()];
-        normalize_into(&f, &augment.mean, &augment.std, &mut fv);
-        let mut lv = vec![0f32; l.len()];
-        normalize_into(&l, &augment.mean, &augment.std, &mut lv);
-        full.push(Tensor::from_slice(&fv).reshape([
-            1,
-            channels as i64,
-            f.dim().0 as i64,
-            f.dim().1 as i64,
-        ]));
-        light.push(Tensor::from_slice(&lv).reshape([
-            1,
-            channels as i64,
-            l.dim().0 as i64,
-            l.dim().1 as i64,
-        ]));
+        let tensor = |image: &ndarray::Array3<u8>| {
+            let mut values = vec![0f32; image.len()];
+            normalize_into(image, &augment.mean, &augment.std, &mut values);
+            let (h, w, _) = image.dim();
+            Tensor::from_slice(&values).reshape([1, channels as i64, h as i64, w as i64])
+        };
+        full.push(tensor(&f));
+        if let Some(l) = &l {
+            light.push(tensor(l));
+        }
     }
-    Ok((Tensor::cat(&light, 0), Tensor::cat(&full, 0)))
+    let light = (!light.is_empty()).then(|| Tensor::cat(&light, 0));
+    Ok((light, Tensor::cat(&full, 0)))
 }
 
 #[derive(Args)]
@@ -84,9 +61,9 @@ pub struct PredictArgs {
     /// A run directory.
     #[arg(long)]
     checkpoint: PathBuf,
-    /// best or last weights.
-    #[arg(long, default_value = "best")]
-    which: String,
+    /// Which weights of the run.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    which: Which,
     /// Early-exit threshold on the lightweight model's max probability.
     #[arg(long, default_value_t = 0.9)]
     threshold: f64,
@@ -96,14 +73,13 @@ pub struct PredictArgs {
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let run = load_run(&args.checkpoint, &args.which)?;
-    let classes = trainer::open_dataset(&run.recipe, false)?
-        .classes()
-        .to_vec();
+    let run = load_run(&args.checkpoint, args.which)?;
+    let classes = class_names(&run.recipe)?;
     let (light, full) = images(&args.images, &run.recipe)?;
     let _guard = tch::no_grad_guard();
     let (logits, stages, madds): (Tensor, Vec<&str>, Vec<i64>) = match &run.model {
         Model::BasisNet(net) => {
+            let light = light.context("a BasisNet's transforms make the low-resolution copy")?;
             let out = net.early_exit(&light, &full, args.threshold)?;
             let stages = out
                 .stages
@@ -119,7 +95,10 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
             (out.logits, stages, out.madds)
         }
         Model::Static(net) => {
-            let m = run.model.madds(run.recipe.basisnet()?.resolution)?.1;
+            let m = run
+                .model
+                .cost(run.recipe.basisnet()?.resolution)?
+                .full_madds;
             let n = args.images.len();
             (
                 net.forward_t(&full, &[], false)?,
@@ -176,9 +155,9 @@ pub struct SpecializeArgs {
     /// A run directory (of a BasisNet).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// best or last weights.
-    #[arg(long, default_value = "best")]
-    which: String,
+    /// Which weights of the run.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    which: Which,
     /// Take the coefficients the lightweight model gives this image.
     #[arg(
         long,
@@ -201,7 +180,7 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let run = load_run(&args.checkpoint, &args.which)?;
+    let run = load_run(&args.checkpoint, args.which)?;
     let Model::BasisNet(net) = &run.model else {
         bail!(
             "{} holds a static network; there is nothing to specialize",
@@ -213,6 +192,7 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
     let coefficients: Vec<Tensor> = match (&args.image, &args.coefficients) {
         (Some(image), _) => {
             let (light, _) = images(std::slice::from_ref(image), &run.recipe)?;
+            let light = light.context("a BasisNet's transforms make the low-resolution copy")?;
             let out = tch::no_grad(|| net.lightweight().forward_t(&light, false))?;
             out.coefficients.iter().map(|c| c.get(0)).collect()
         }
@@ -243,7 +223,6 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
         net.config().specialist.arch,
         shown.join(" ")
     );
-    let _ = run.vs;
     Ok(())
 }
 
@@ -255,9 +234,9 @@ pub struct CalibrateArgs {
     /// A run directory (of a BasisNet).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// best or last weights.
-    #[arg(long, default_value = "best")]
-    which: String,
+    /// Which weights of the run.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    which: Which,
     /// Largest accepted top-1 drop from the specialist (fraction: 0.005 = half a point).
     #[arg(long, conflicts_with = "madds_budget")]
     max_drop: Option<f64>,
@@ -270,7 +249,7 @@ pub struct CalibrateArgs {
 }
 
 pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
-    let run = load_run(&args.checkpoint, &args.which)?;
+    let run = load_run(&args.checkpoint, args.which)?;
     if matches!(run.model, Model::Static(_)) {
         bail!(
             "{} holds a static network; early exit needs a BasisNet",
@@ -281,17 +260,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         .map(|i| 0.3 + 0.007 * f64::from(i))
         .chain([1.01])
         .collect();
-    let loader = Loader::new(
-        trainer::open_dataset(&run.recipe, false)?,
-        eval_augment(&run.recipe)?,
-        false,
-        LoaderConfig {
-            batch_size: 256,
-            shuffle: false,
-            workers: run.recipe.data.workers,
-            ..Default::default()
-        },
-    )?;
+    let loader = eval_loader(&run.recipe, Split::Test)?;
     let e = evaluate(
         &run.model,
         None,
@@ -300,11 +269,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         run.recipe.basisnet()?.resolution,
     )?;
     let chosen = match (args.max_drop, args.madds_budget) {
-        (Some(drop), _) => e
-            .early_exit
-            .iter()
-            .filter(|p| p.top1 >= e.specialist_top1 - drop)
-            .min_by(|a, b| a.avg_madds.total_cmp(&b.avg_madds)),
+        (Some(drop), _) => e.operating_point(drop),
         (None, Some(budget)) => e
             .early_exit
             .iter()

@@ -4,7 +4,9 @@ mod bench;
 mod compare;
 mod deploy;
 mod profile;
+mod progress;
 mod train;
+mod weights;
 
 use clap::{Parser, Subcommand};
 

@@ -1,13 +1,15 @@
 //! `basisnet train` and `basisnet eval`.
 
+use crate::progress::Terminal;
+use crate::weights::Which;
 use anyhow::{bail, Context, Result};
 use basis_dist::ProcessGroup;
+use basis_train::data::Split;
 use basis_train::distributed;
-use basis_train::{evaluate, trainer, DistributedSection, Model, Recipe, Run};
+use basis_train::{eval_loader, evaluate, DistributedSection, Metrics, Recipe, Run, RunDir};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
-use tch::nn;
 
 #[derive(Args)]
 #[command(
@@ -70,7 +72,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 dir.display()
             );
         }
-        let saved = Recipe::load(&dir.join("recipe.toml").display().to_string())
+        let saved = RunDir::new(dir)
+            .read_recipe()
             .with_context(|| format!("resuming {}", dir.display()))?;
         match join(args, &saved.distributed)? {
             Some(group) => Run::resume_distributed(dir, group),
@@ -120,18 +123,56 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             }
         }
     };
+    let log_every = run.recipe().train.log_every;
+    run.observe(Box::new(Terminal::new(log_every)));
     let summary = run.train()?;
     if !run.is_main() {
         return Ok(());
     }
     if args.json {
-        println!(
-            "{}",
-            std::fs::read_to_string(summary.dir.join("metrics.json"))?
-        );
+        println!("{}", serde_json::to_string_pretty(&summary.metrics)?);
+    } else {
+        print_summary(&summary.metrics);
     }
     eprintln!("run directory: {}", summary.dir.display());
     Ok(())
+}
+
+/// The lightweight, specialist and early-exit figures of a finished run, with the
+/// operating point within half a point of the specialist.
+fn print_summary(m: &Metrics) {
+    let e = &m.evaluation;
+    println!(
+        "training: {} epochs in {:.0} s (best specialist top-1 {:.2}% at epoch {})",
+        m.epochs,
+        m.train_seconds,
+        100.0 * m.best_top1,
+        m.best_epoch
+    );
+    if let Some(light) = e.light_top1 {
+        println!(
+            "lightweight model   top-1 {:>6.2}%   {:>12} MAdds",
+            100.0 * light,
+            e.light_madds
+        );
+    }
+    println!(
+        "specialist          top-1 {:>6.2}%   {:>12} MAdds",
+        100.0 * e.specialist_top1,
+        e.full_madds
+    );
+    if let Some(ema) = e.ema_specialist_top1 {
+        println!("EMA specialist      top-1 {:>6.2}%", 100.0 * ema);
+    }
+    if let Some(p) = e.operating_point(0.005) {
+        println!(
+            "early exit (t={})  top-1 {:>6.2}%   {:>12.0} MAdds on average, {:.1}% exit",
+            p.threshold,
+            100.0 * p.top1,
+            p.avg_madds,
+            100.0 * p.exit_rate
+        );
+    }
 }
 
 #[derive(Args)]
@@ -142,9 +183,9 @@ pub struct EvalArgs {
     /// A run directory (its recipe and `best` or `last` weights).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Which weights of the run: best or last.
-    #[arg(long, default_value = "best")]
-    which: String,
+    /// Which weights of the run.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    which: Which,
     /// Early-exit thresholds (default: the recipe's).
     #[arg(long, value_delimiter = ',')]
     thresholds: Option<Vec<f64>>,
@@ -157,35 +198,20 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let dir = &args.checkpoint;
-    let run = crate::deploy::load_run(dir, &args.which)?;
-    let (recipe, model) = (&run.recipe, &run.model);
-    let ema_path = dir.join(format!("{}-ema.safetensors", args.which));
-    let ema_vs = nn::VarStore::new(tch::Device::Cpu);
-    let ema = if ema_path.exists() {
-        let m = Model::build(&ema_vs.root(), recipe)?;
-        basis_models::checkpoint::load(&ema_vs, &ema_path)?;
-        Some(m)
-    } else {
-        None
-    };
-    let config = recipe.basisnet()?;
-    let loader = basis_train::data::Loader::new(
-        trainer::open_dataset(recipe, false)?,
-        crate::deploy::eval_augment(recipe)?,
-        false,
-        basis_train::data::LoaderConfig {
-            batch_size: 256,
-            shuffle: false,
-            workers: recipe.data.workers,
-            ..Default::default()
-        },
-    )?;
+    let run = crate::deploy::load_run(&args.checkpoint, args.which)?;
+    let recipe = &run.recipe;
+    let loader = eval_loader(recipe, Split::Test)?;
     let thresholds = args
         .thresholds
         .clone()
         .unwrap_or(recipe.train.exit_thresholds.clone());
-    let e = evaluate(model, ema.as_ref(), &loader, &thresholds, config.resolution)?;
+    let e = evaluate(
+        &run.model,
+        run.ema.as_ref().map(|(_, m)| m),
+        &loader,
+        &thresholds,
+        recipe.basisnet()?.resolution,
+    )?;
     if args.csv {
         println!("threshold,exit_rate,top1,avg_madds");
         for p in &e.early_exit {
@@ -195,16 +221,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             );
         }
     } else if args.json {
-        let json = serde_json::json!({
-            "light_top1": e.light_top1,
-            "specialist_top1": e.specialist_top1,
-            "ema_specialist_top1": e.ema_specialist_top1,
-            "light_top5": e.light_top5,
-            "specialist_top5": e.specialist_top5,
-            "early_exit": e.early_exit,
-            "images": e.images,
-        });
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
         if let Some(l) = e.light_top1 {
             println!(

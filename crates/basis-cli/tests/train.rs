@@ -47,7 +47,7 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
 
     // predict: top-5 with class names, the deciding stage, MAdds; one clear error for a
     // file that is not an image.
-    let data = basis_train::trainer::default_data_root().join("foolbox/cifar10/val");
+    let data = basis_train::data::default_data_root().join("foolbox/cifar10/val");
     let class_dir = std::fs::read_dir(&data)
         .unwrap()
         .next()
@@ -146,6 +146,23 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
     }
     let (ok, _, err) = basisnet(&args);
     assert!(ok, "{err}");
+    // eval of a finished static baseline reproduces what its training logged: the same
+    // transforms (no low-resolution copy) and loader.
+    let logged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(light.join("metrics.json")).unwrap())
+            .unwrap();
+    let (ok, out, err) = basisnet(&["eval", "--checkpoint", l, "--which", "last", "--json"]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["specialist_top1"], logged["specialist_top1"], "{out}");
+    assert_eq!(e["specialist_top5"], logged["specialist_top5"], "{out}");
+    assert_eq!(
+        e["ema_specialist_top1"], logged["ema_specialist_top1"],
+        "{out}"
+    );
+    assert_eq!(e["full_madds"], logged["full_madds"], "{out}");
+    let (ok, _, err) = basisnet(&["eval", "--checkpoint", l, "--which", "newest"]);
+    assert!(!ok && err.contains("newest"), "{err}");
     let report = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-compare");
     let r = report.to_str().unwrap();
     let (ok, table, err) = basisnet(&["compare", d, l, "--out", r]);

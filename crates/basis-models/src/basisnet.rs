@@ -2,6 +2,7 @@
 
 use crate::basis::BasisSpec;
 use crate::checkpoint::{self, Metadata};
+use crate::early_exit::{self, EarlyExitOutput, Stage};
 use crate::error::{ModelError, Result};
 use crate::lightweight::Lightweight;
 use crate::mobilenet::{MobileNet, MobileNetConfig};
@@ -61,27 +62,6 @@ pub struct BasisNetOutput {
     pub specialist_logits: Tensor,
 }
 
-/// Which stage decided a sample in early-exit inference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    /// The lightweight model was confident enough.
-    Lightweight,
-    /// The synthesized specialist.
-    Specialist,
-}
-
-/// What early-exit inference returns, per sample.
-#[derive(Debug)]
-pub struct EarlyExitOutput {
-    /// Logits `[B, classes]` of the stage that decided.
-    pub logits: Tensor,
-    /// The stage that decided each sample.
-    pub stages: Vec<Stage>,
-    /// Multiply-adds spent on each sample (synthesis included for the specialist).
-    pub madds: Vec<i64>,
-}
-
 /// The cost of a BasisNet, by part, for one sample.
 #[derive(Debug, Clone, Serialize)]
 pub struct BasisNetProfile {
@@ -110,8 +90,11 @@ impl BasisNetProfile {
 
     /// Average MAdds per sample when a fraction `exit_rate` exits after the first stage.
     pub fn average_madds(&self, exit_rate: f64) -> f64 {
-        let light = self.lightweight_stage_madds() as f64;
-        light + (1.0 - exit_rate) * (self.total_madds() as f64 - light)
+        early_exit::average_madds(
+            self.lightweight_stage_madds(),
+            self.total_madds(),
+            exit_rate,
+        )
     }
 }
 
@@ -337,13 +320,10 @@ impl BasisNet {
         self.check_batch(light_images, images)?;
         tch::no_grad(|| {
             let light = self.lightweight.forward_t(light_images, false)?;
-            let confidence = light
-                .logits
-                .f_softmax(-1, Kind::Float)?
-                .f_amax([-1].as_slice(), false)?;
+            let confidence = early_exit::confidence(&light.logits)?;
             let exits: Vec<bool> = Vec::<f32>::try_from(&confidence)?
                 .into_iter()
-                .map(|p| f64::from(p) >= threshold)
+                .map(|p| early_exit::exits(f64::from(p), threshold))
                 .collect();
             let rest: Vec<i64> = (0..exits.len() as i64)
                 .filter(|&i| !exits[i as usize])

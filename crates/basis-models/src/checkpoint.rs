@@ -100,22 +100,15 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &Metadata) -> 
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let tmp = path.with_extension("safetensors.tmp");
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
+    crate::atomic::write_with(path, |file| {
         file.write_all(&(header.len() as u64).to_le_bytes())?;
         file.write_all(&header)?;
         for blob in &blobs {
             file.write_all(blob)?;
         }
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_error(path, e));
-    }
-    Ok(())
+        Ok(())
+    })
+    .map_err(|e| io_error(path, e))
 }
 
 /// Read every tensor of a safetensors file (on the CPU) and its metadata.

@@ -7,9 +7,11 @@
 //! coefficients with a [`BasisSpec`].
 
 pub mod arch;
+pub mod atomic;
 mod basis;
 mod basisnet;
 pub mod checkpoint;
+pub mod early_exit;
 mod error;
 mod layers;
 mod lightweight;
@@ -20,9 +22,8 @@ mod specialize;
 
 pub use arch::{make_divisible, Act, Arch};
 pub use basis::{BasisLayers, BasisSpec, CoefficientScope};
-pub use basisnet::{
-    BasisNet, BasisNetConfig, BasisNetOutput, BasisNetProfile, EarlyExitOutput, Stage,
-};
+pub use basisnet::{BasisNet, BasisNetConfig, BasisNetOutput, BasisNetProfile};
+pub use early_exit::{EarlyExitOutput, ExitPoint, Stage};
 pub use error::{ModelError, Result};
 pub use layers::{with_synchronized_batch_norm, BatchNorm2d, BatchNormSpec, ReplicaSum};
 pub use lightweight::{Lightweight, LightweightOutput};

@@ -75,7 +75,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches once in test mode: nothing to check here.
     }
-    let folder = basis_train::trainer::default_data_root().join("foolbox/imagenet/val");
+    let folder = basis_train::data::default_data_root().join("foolbox/imagenet/val");
     let images = 20 * REPEAT;
     let ours = ours(&folder);
     let theirs = torchvision(&folder);

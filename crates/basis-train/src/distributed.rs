@@ -5,8 +5,8 @@
 //! running statistics are kept, as DDP's buffer broadcast does) or synchronized
 //! ([`BatchNormMode::Sync`]).
 
+use crate::error::TrainError;
 use crate::recipe::{BatchNormMode, DistributedSection};
-use crate::trainer::TrainError;
 use basis_dist::{OverlappingBuckets, ProcessGroup};
 use basis_models::ReplicaSum;
 use std::sync::Arc;

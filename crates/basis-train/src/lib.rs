@@ -1,5 +1,8 @@
-//! Training BasisNet models: datasets and the input pipeline ([`data`]), recipes
-//! ([`recipe`]), optimizers and schedules ([`optim`]), the trainer ([`trainer`]).
+//! Training BasisNet models, one module a concept: datasets and the input pipeline
+//! ([`data`]), recipes ([`recipe`]), the model being trained ([`model`]), the joint loss
+//! ([`loss`], [`teacher`]), optimizers ([`optim`]) and schedules ([`schedule`]),
+//! evaluation ([`evaluation`], [`metrics`]), the run directory ([`run_dir`]), progress
+//! reports ([`progress`]), data parallelism ([`distributed`]) and the loop ([`run`]).
 //!
 //! ```no_run
 //! use basis_train::data::{AugmentConfig, Dataset, FashionMnist, Loader, LoaderConfig, Split};
@@ -25,13 +28,29 @@
 
 pub mod data;
 pub mod distributed;
+pub mod error;
+pub mod evaluation;
+pub mod loss;
+pub mod metrics;
+pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod progress;
 pub mod recipe;
-pub mod trainer;
+pub mod run;
+pub mod run_dir;
+pub mod schedule;
+pub mod teacher;
 
+pub use basis_models::ExitPoint;
+pub use error::TrainError;
+pub use evaluation::{eval_loader, evaluate, Evaluation};
+pub use loss::{distillation, joint_loss};
+pub use metrics::CoefficientStats;
+pub use model::{Cost, Model, ModelOutput};
+pub use progress::{EpochResult, Observer, StepProgress};
 pub use recipe::{BatchNormMode, DistributedSection, Recipe, RecipeError};
-pub use trainer::{
-    distillation, evaluate, joint_loss, CoefficientStats, Evaluation, ExitPoint, Model, Phase, Run,
-    RunSummary, Teacher, TrainError, TrainerState,
-};
+pub use run::{Run, RunSummary};
+pub use run_dir::{Checkpoint, LoadedRun, Metrics, RunDir, TrainerState};
+pub use schedule::Phase;
+pub use teacher::Teacher;

@@ -1,12 +1,12 @@
-//! Optimizers whose state is saved and restored, learning-rate schedules, and the
-//! exponential moving average of weights.
+//! Optimizers whose state is saved and restored, and the exponential moving average of
+//! weights (the learning rate comes from [`crate::schedule`]).
 //!
 //! The updates follow PyTorch's `SGD` and `AdamW` and timm's `RMSpropTF` (TensorFlow's
 //! RMSProp: squared average starting at one, epsilon inside the square root, learning rate
 //! inside the momentum buffer). Weight decay skips batch-norm parameters and biases unless
 //! the recipe asks.
 
-use crate::recipe::{OptimSection, OptimizerKind, ScheduleKind, ScheduleSection};
+use crate::recipe::{OptimSection, OptimizerKind};
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 
@@ -198,25 +198,6 @@ impl Optimizer {
             );
         }
         Ok(())
-    }
-}
-
-/// The learning rate at `epoch` (fractional: epoch 2.5 is halfway through the third).
-pub fn learning_rate(schedule: &ScheduleSection, peak: f64, epochs: usize, epoch: f64) -> f64 {
-    let warm = schedule.warmup_epochs;
-    if epoch < warm {
-        return schedule.warmup_lr + (peak - schedule.warmup_lr) * epoch / warm;
-    }
-    let t = epoch - warm;
-    match schedule.kind {
-        ScheduleKind::Cosine => {
-            let span = (epochs as f64 - warm).max(1e-9);
-            let progress = (t / span).clamp(0.0, 1.0);
-            schedule.min_lr
-                + 0.5 * (peak - schedule.min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
-        }
-        ScheduleKind::Step => peak * schedule.gamma.powf((t / schedule.step_epochs).floor()),
-        ScheduleKind::Exponential => peak * schedule.gamma.powf(t),
     }
 }
 

@@ -1,7 +1,8 @@
 //! SVG plots of a run: training curves (from `summary.csv`) and accuracy versus average
 //! multiply-adds over early-exit thresholds. Plain SVG, no plotting dependency.
 
-use crate::trainer::{CoefficientStats, ExitPoint};
+use crate::metrics::CoefficientStats;
+use basis_models::ExitPoint;
 use std::fmt::Write;
 
 /// One named series of points.

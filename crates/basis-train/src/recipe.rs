@@ -4,7 +4,8 @@
 //! error that names the key and, for a file, the line; impossible values (a negative
 //! learning rate, a zero batch) are refused by [`Recipe::validate`] before any work starts.
 
-use crate::data::{AugmentConfig, MixConfig};
+use crate::data::AugmentConfig;
+pub use crate::data::{DataSection, DatasetKind};
 use basis_models::{presets, BasisNetConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -84,57 +85,6 @@ impl Default for ModelSection {
             stem_stride: None,
             dropout: None,
             baseline_of: Stage::Specialist,
-        }
-    }
-}
-
-/// Which dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DatasetKind {
-    /// Fashion-MNIST idx files (`cargo xtask data fashion-mnist`).
-    FashionMnist,
-    /// CIFAR-10 binary batches.
-    Cifar10,
-    /// CIFAR-100 binary files.
-    Cifar100,
-    /// `<dir>/train/<class>/*` and `<dir>/val/<class>/*`.
-    Folder,
-}
-
-/// The data and its transforms.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataSection {
-    /// The dataset.
-    pub dataset: DatasetKind,
-    /// Its folder (default: the data folder of `cargo xtask data`).
-    pub dir: Option<PathBuf>,
-    /// Train on the first `limit` samples only (quick runs, tests).
-    pub limit: Option<usize>,
-    /// Evaluate on the first `eval_limit` test samples only.
-    pub eval_limit: Option<usize>,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Stop at the first bad sample instead of skipping it.
-    pub strict: bool,
-    /// Training transforms (`resolution` and `light_resolution` come from the model).
-    pub augment: AugmentConfig,
-    /// Mixup / cutmix, if any.
-    pub mix: Option<MixConfig>,
-}
-
-impl Default for DataSection {
-    fn default() -> Self {
-        Self {
-            dataset: DatasetKind::FashionMnist,
-            dir: None,
-            limit: None,
-            eval_limit: None,
-            workers: 2,
-            strict: false,
-            augment: AugmentConfig::default(),
-            mix: None,
         }
     }
 }
@@ -388,17 +338,57 @@ impl Recipe {
         })
     }
 
-    /// A shipped recipe by name, or a file.
-    pub fn load(name_or_path: &str) -> Result<Self, RecipeError> {
-        if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name_or_path) {
-            return Self::from_toml(text, &format!("recipe {name_or_path}"));
+    /// The names of the shipped recipes.
+    pub fn preset_names() -> Vec<&'static str> {
+        PRESETS.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// A shipped recipe by name.
+    ///
+    /// ```
+    /// let recipe = basis_train::Recipe::preset("fashion-quick")?;
+    /// assert_eq!(recipe.model.preset, "basisnet-fashion");
+    /// let err = basis_train::Recipe::preset("nope").unwrap_err().to_string();
+    /// assert!(err.contains("fashion-quick, imagenet-basisnet-mv3"), "{err}");
+    /// # Ok::<(), basis_train::RecipeError>(())
+    /// ```
+    pub fn preset(name: &str) -> Result<Self, RecipeError> {
+        match PRESETS.iter().find(|(n, _)| *n == name) {
+            Some((_, text)) => Self::from_toml(text, &format!("recipe {name}")),
+            None => Err(RecipeError::Invalid(format!(
+                "no shipped recipe is named {name:?}; the shipped recipes are {}",
+                Self::preset_names().join(", ")
+            ))),
         }
-        let path = Path::new(name_or_path);
+    }
+
+    /// A recipe file (TOML).
+    pub fn from_file(path: &Path) -> Result<Self, RecipeError> {
         let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io {
             path: path.to_path_buf(),
             source,
         })?;
         Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// A shipped recipe by name, or else a file; what names neither says which recipes
+    /// are shipped.
+    pub fn load(name_or_path: impl AsRef<std::ffi::OsStr>) -> Result<Self, RecipeError> {
+        let raw = name_or_path.as_ref();
+        if let Some(name) = raw.to_str() {
+            if PRESETS.iter().any(|(n, _)| *n == name) {
+                return Self::preset(name);
+            }
+        }
+        let path = Path::new(raw);
+        if !path.exists() {
+            return Err(RecipeError::Invalid(format!(
+                "{} is neither a shipped recipe ({}) nor a recipe file",
+                path.display(),
+                Self::preset_names().join(", ")
+            )));
+        }
+        Self::from_file(path)
     }
 
     /// Apply `key=value` overrides (`train.epochs=3`, `optim.name="adamw"`; a value that
@@ -480,6 +470,33 @@ impl Recipe {
             config.resolution = config.lightweight_resolution;
         }
         Ok(config)
+    }
+
+    /// Channels of the images the model takes.
+    pub fn in_channels(&self) -> Result<usize, RecipeError> {
+        Ok(self.basisnet()?.specialist.in_channels as usize)
+    }
+
+    /// The transforms of every image of a run, at the model's resolutions: the loader
+    /// augments them for training and applies their evaluation form otherwise. Only a
+    /// BasisNet gets the low-resolution copy for its lightweight model. Training,
+    /// `eval`, `predict` and `calibrate` all take them from here.
+    ///
+    /// ```
+    /// let recipe = basis_train::Recipe::load("fashion-quick")?;
+    /// assert_eq!(recipe.transforms()?.light_resolution, Some(20));
+    /// let baseline = recipe.with_overrides(&["model.baseline=true".into()])?;
+    /// assert_eq!(baseline.transforms()?.light_resolution, None);
+    /// # Ok::<(), basis_train::RecipeError>(())
+    /// ```
+    pub fn transforms(&self) -> Result<AugmentConfig, RecipeError> {
+        let config = self.basisnet()?;
+        Ok(AugmentConfig {
+            resolution: config.resolution as u32,
+            light_resolution: (!self.model.baseline)
+                .then_some(config.lightweight_resolution as u32),
+            ..self.data.augment.clone()
+        })
     }
 
     /// Refuse impossible values before any work starts.

@@ -5,7 +5,7 @@
 mod common;
 
 use basis_dist::{GroupOptions, Launch, ProcessGroup};
-use basis_train::{Recipe, Run};
+use basis_train::{EpochResult, Observer, Recipe, Run};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -136,6 +136,7 @@ fn rank() {
     let steps = 3 * recipe.train.epochs as i64;
     let dir = out.join("run");
     let mut run = Run::new_distributed(recipe, &dir, group.clone()).unwrap();
+    run.observe(Box::new(EpochLines));
     if std::env::var_os(RESUME).is_some() {
         // Stop after the first epoch, as if interrupted, and resume (every rank reads the
         // run directory rank 0 wrote).
@@ -143,6 +144,7 @@ fn rank() {
         drop(run);
         group.barrier().unwrap();
         run = Run::resume_distributed(&dir, group).unwrap();
+        run.observe(Box::new(EpochLines));
     }
     let summary = run.train().unwrap();
     assert_eq!(summary.state.step, steps, "3 steps of 32 images an epoch");
@@ -150,6 +152,16 @@ fn rank() {
         run.var_store(),
         &out.join(format!("rank{}.safetensors", launch.rank)),
     );
+}
+
+/// Prints each finished epoch on stderr, as `basisnet train` does (the run reports to rank
+/// 0's observer only).
+struct EpochLines;
+
+impl Observer for EpochLines {
+    fn epoch(&mut self, result: &EpochResult) {
+        eprintln!("{result}");
+    }
 }
 
 fn save(vs: &tch::nn::VarStore, path: &Path) {

@@ -2,8 +2,8 @@
 
 mod common;
 
-use basis_train::optim::{learning_rate, Optimizer};
-use basis_train::recipe::{OptimSection, OptimizerKind, ScheduleKind, ScheduleSection};
+use basis_train::optim::Optimizer;
+use basis_train::recipe::{OptimSection, OptimizerKind};
 use basis_train::{Recipe, Run, TrainError};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
@@ -79,36 +79,6 @@ fn recipe_errors_name_the_key_and_the_line() {
         r.validate().unwrap();
         assert_eq!(Recipe::from_toml(&r.to_toml(), name).unwrap(), r);
     }
-}
-
-#[test]
-fn schedules_warm_up_then_decay() {
-    let s = ScheduleSection {
-        kind: ScheduleKind::Cosine,
-        warmup_epochs: 1.0,
-        warmup_lr: 0.0,
-        min_lr: 0.0,
-        ..ScheduleSection::default()
-    };
-    assert_eq!(learning_rate(&s, 1.0, 11, 0.5), 0.5);
-    assert!((learning_rate(&s, 1.0, 11, 1.0) - 1.0).abs() < 1e-12);
-    assert!((learning_rate(&s, 1.0, 11, 6.0) - 0.5).abs() < 1e-12);
-    assert!(learning_rate(&s, 1.0, 11, 11.0).abs() < 1e-12);
-    let step = ScheduleSection {
-        kind: ScheduleKind::Step,
-        warmup_epochs: 0.0,
-        step_epochs: 2.0,
-        gamma: 0.5,
-        ..ScheduleSection::default()
-    };
-    assert_eq!(learning_rate(&step, 1.0, 10, 3.9), 0.5);
-    assert_eq!(learning_rate(&step, 1.0, 10, 4.0), 0.25);
-    let exp = ScheduleSection {
-        kind: ScheduleKind::Exponential,
-        gamma: 0.9,
-        ..step
-    };
-    assert!((learning_rate(&exp, 1.0, 10, 2.0) - 0.81).abs() < 1e-12);
 }
 
 /// A small problem: two layers, a fixed batch.

@@ -17,6 +17,7 @@ mod error;
 mod folder;
 pub mod idx;
 mod loader;
+mod open;
 pub mod randaugment;
 
 pub use augment::{
@@ -30,3 +31,4 @@ pub use dataset::{
 pub use error::DataError;
 pub use folder::{decode, ImageFolder, IMAGE_EXTENSIONS};
 pub use loader::{Epoch, EpochReport, Loader, LoaderConfig, Shard};
+pub use open::{default_data_root, DataSection, DatasetKind};

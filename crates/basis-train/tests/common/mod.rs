@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// A prepared dataset folder, or a panic that says how to prepare it.
 pub fn prepared(name: &str) -> PathBuf {
-    let dir = basis_train::trainer::default_data_root().join(name);
+    let dir = basis_train::data::default_data_root().join(name);
     assert!(
         dir.exists(),
         "{} is missing: run `cargo xtask data` (cargo xtask test does)",

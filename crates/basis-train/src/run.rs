@@ -1,0 +1,500 @@
+//! [`Run`]: the training loop. It builds the model, EMA, optimizer and loaders of a recipe,
+//! trains epoch by epoch (joint loss, schedule, data-parallel averaging), evaluates,
+//! reports to an [`Observer`] and writes the [`RunDir`]; [`Run::resume`] continues a run
+//! from its `last` checkpoint exactly as if it had never stopped.
+
+use crate::data::{Batch, Loader, LoaderConfig, Shard, Split};
+use crate::distributed::DataParallel;
+use crate::error::TrainError;
+use crate::evaluation::{eval_loader, evaluate, Evaluation};
+use crate::loss::joint_loss;
+use crate::model::Model;
+use crate::optim::{Ema, Optimizer};
+use crate::progress::{EpochResult, Observer, Silent, StepProgress};
+use crate::recipe::Recipe;
+use crate::run_dir::{write, Checkpoint, Metrics, RunDir, SummaryRow, TrainerState};
+use crate::schedule::{learning_rate, Phase};
+use crate::teacher::Teacher;
+use basis_dist::ProcessGroup;
+use basis_models::checkpoint;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Tensor};
+
+/// A training run in a directory.
+pub struct Run {
+    recipe: Recipe,
+    dir: RunDir,
+    vs: nn::VarStore,
+    model: Model,
+    ema: Option<(nn::VarStore, Model, Ema)>,
+    optimizer: Optimizer,
+    state: TrainerState,
+    train: Loader,
+    test: Loader,
+    resolution: i64,
+    teacher: Option<Teacher>,
+    parallel: Option<DataParallel>,
+    observer: Box<dyn Observer>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// What `metrics.json` holds: the last evaluation and the run's totals.
+    pub metrics: Metrics,
+    /// The trainer state at the end.
+    pub state: TrainerState,
+}
+
+impl Run {
+    /// A new run of `recipe` in `dir` (created; refused when it already holds a run).
+    pub fn new(recipe: Recipe, dir: &Path) -> Result<Self, TrainError> {
+        Self::create(recipe, dir, None)
+    }
+
+    /// One process of a data-parallel run of `recipe` in `dir`: every rank calls it with
+    /// the same recipe and directory; rank 0 alone writes the directory (recipe,
+    /// checkpoints, logs, metrics, plots) and evaluates.
+    pub fn new_distributed(
+        recipe: Recipe,
+        dir: &Path,
+        group: Arc<ProcessGroup>,
+    ) -> Result<Self, TrainError> {
+        Self::create(recipe, dir, Some(group))
+    }
+
+    fn create(
+        recipe: Recipe,
+        dir: &Path,
+        group: Option<Arc<ProcessGroup>>,
+    ) -> Result<Self, TrainError> {
+        recipe.validate()?;
+        if let Some(g) = &group {
+            if recipe.train.batch_size % g.world_size() != 0 {
+                return Err(TrainError::Run(format!(
+                    "train.batch_size {} does not split over {} processes: use a multiple of {}",
+                    recipe.train.batch_size,
+                    g.world_size(),
+                    g.world_size()
+                )));
+            }
+        }
+        let main = group.as_ref().is_none_or(|g| g.is_main());
+        let run_dir = RunDir::new(dir);
+        if run_dir.holds_run() {
+            return Err(TrainError::Run(format!(
+                "{} already holds a run; resume it with --resume or choose another directory",
+                dir.display()
+            )));
+        }
+        if main {
+            std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
+        }
+        let run = Self::build(recipe, run_dir, group)?;
+        run.broadcast_state()?;
+        if main {
+            run.dir.write_recipe(&run.recipe)?;
+        }
+        Ok(run)
+    }
+
+    /// Resume the run in `dir` from its `last` checkpoint.
+    pub fn resume(dir: &Path) -> Result<Self, TrainError> {
+        Self::reopen(dir, None)
+    }
+
+    /// Resume a data-parallel run: every rank reads the run directory (a folder all ranks
+    /// see), then takes rank 0's weights.
+    pub fn resume_distributed(dir: &Path, group: Arc<ProcessGroup>) -> Result<Self, TrainError> {
+        Self::reopen(dir, Some(group))
+    }
+
+    fn reopen(dir: &Path, group: Option<Arc<ProcessGroup>>) -> Result<Self, TrainError> {
+        let run_dir = RunDir::new(dir);
+        let recipe = run_dir.read_recipe()?;
+        let files = run_dir.checkpoint(Checkpoint::Last);
+        let state = run_dir.read_state(Checkpoint::Last)?;
+        let mut run = Self::build(recipe, run_dir, group)?;
+        run.state = state;
+        checkpoint::load(&run.vs, &files.weights)?;
+        if let Some((ema_vs, _, _)) = &run.ema {
+            checkpoint::load(ema_vs, &files.ema)?;
+        }
+        let (optim, _) = checkpoint::read(&files.optimizer)?;
+        run.optimizer
+            .load_state(&optim)
+            .map_err(|e| TrainError::Run(format!("{}: {e}", files.optimizer.display())))?;
+        run.broadcast_state()?;
+        Ok(run)
+    }
+
+    /// Report progress to `observer` (the default reports nothing).
+    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+        self.observer = observer;
+    }
+
+    /// Give every rank rank 0's weights (model and EMA).
+    fn broadcast_state(&self) -> Result<(), TrainError> {
+        if let Some(p) = &self.parallel {
+            p.broadcast_all(&self.vs)?;
+            if let Some((ema_vs, _, _)) = &self.ema {
+                p.broadcast_all(ema_vs)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this process writes the run's files (rank 0, or a single process).
+    pub fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(|p| p.rank() == 0)
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &RunDir {
+        &self.dir
+    }
+
+    fn build(
+        recipe: Recipe,
+        dir: RunDir,
+        group: Option<Arc<ProcessGroup>>,
+    ) -> Result<Self, TrainError> {
+        if recipe.train.threads > 0 {
+            tch::set_num_threads(recipe.train.threads as i32);
+        }
+        tch::manual_seed(recipe.train.seed as i64);
+        let resolution = recipe.basisnet()?.resolution;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Model::build(&vs.root(), &recipe)?;
+        let ema = match recipe.train.ema_decay {
+            Some(decay) => {
+                let ema_vs = nn::VarStore::new(Device::Cpu);
+                let ema_model = Model::build(&ema_vs.root(), &recipe)?;
+                let ema = Ema::new(&vs, &ema_vs, decay).map_err(TrainError::Run)?;
+                Some((ema_vs, ema_model, ema))
+            }
+            None => None,
+        };
+        let optimizer = Optimizer::new(&vs, recipe.optim.clone());
+        let loader_config = LoaderConfig {
+            batch_size: recipe.train.batch_size,
+            workers: recipe.data.workers,
+            seed: recipe.train.seed,
+            strict: recipe.data.strict,
+            drop_last: true,
+            shard: group
+                .as_ref()
+                .map(|g| Shard {
+                    index: g.rank(),
+                    count: g.world_size(),
+                })
+                .unwrap_or_default(),
+            ..LoaderConfig::default()
+        };
+        let mut train = Loader::new(
+            recipe.data.open(Split::Train, recipe.in_channels()?)?,
+            recipe.transforms()?,
+            true,
+            loader_config,
+        )?;
+        if let Some(mix) = &recipe.data.mix {
+            train = train.with_mix(mix.clone())?;
+        }
+        let test = eval_loader(&recipe, Split::Test)?;
+        let teacher = recipe
+            .loss
+            .teacher
+            .as_deref()
+            .map(Teacher::load)
+            .transpose()?;
+        let state = TrainerState {
+            epoch: 0,
+            step: 0,
+            best_top1: -1.0,
+            best_epoch: 0,
+            seed: recipe.train.seed,
+        };
+        let parallel = group
+            .map(|g| DataParallel::new(g, &vs, &recipe.distributed))
+            .transpose()?;
+        Ok(Self {
+            resolution,
+            recipe,
+            dir,
+            vs,
+            model,
+            ema,
+            optimizer,
+            state,
+            train,
+            test,
+            teacher,
+            parallel,
+            observer: Box::new(Silent),
+        })
+    }
+
+    /// The recipe being trained.
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The variables of the model.
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// Train up to `recipe.train.epochs`, evaluating and checkpointing every epoch.
+    pub fn train(&mut self) -> Result<RunSummary, TrainError> {
+        self.train_until(self.recipe.train.epochs)
+    }
+
+    /// Train up to epoch `stop` (at most the recipe's epochs) and stop there, as if
+    /// interrupted at that epoch boundary; [`Run::resume`] continues.
+    pub fn train_until(&mut self, stop: usize) -> Result<RunSummary, TrainError> {
+        let stop = stop.min(self.recipe.train.epochs);
+        let mut train_seconds = 0.0;
+        let mut evaluation = Evaluation::default();
+        let main = self.is_main();
+        if self.state.epoch >= stop && main {
+            evaluation = self.evaluate()?;
+        }
+        while self.state.epoch < stop {
+            let totals = self.train_epoch()?;
+            train_seconds += totals.seconds;
+            if !main {
+                continue;
+            }
+            evaluation = self.evaluate()?;
+            self.end_epoch(&totals, &evaluation)?;
+        }
+        let metrics = Metrics {
+            evaluation,
+            epochs: self.state.epoch,
+            best_top1: self.state.best_top1,
+            best_epoch: self.state.best_epoch,
+            train_seconds,
+        };
+        if main {
+            self.finish(&metrics)?;
+        }
+        Ok(RunSummary {
+            dir: self.dir.path().to_path_buf(),
+            metrics,
+            state: self.state.clone(),
+        })
+    }
+
+    /// One epoch of training, totalled over all processes.
+    fn train_epoch(&mut self) -> Result<EpochTotals, TrainError> {
+        let epochs = self.recipe.train.epochs;
+        let steps = self.train.num_batches().max(1);
+        let main = self.is_main();
+        let rank = self.parallel.as_ref().map_or(0, |p| p.rank());
+        let world = self.parallel.as_ref().map_or(1, |p| p.world_size());
+        let epoch = self.state.epoch;
+        // Every random stream of an epoch derives from (seed, epoch): a run resumed at an
+        // epoch boundary continues exactly as one that never stopped. Each rank draws its
+        // own dropout and noise (rank 0's stream is a single process's).
+        tch::manual_seed(
+            (self.recipe.train.seed as i64).wrapping_mul(1_000_003)
+                + epoch as i64
+                + ((rank as i64) << 32),
+        );
+        let start = Instant::now();
+        let (mut loss_sum, mut seen, mut averaging, mut lr) = (0.0, 0usize, 0.0, 0.0);
+        let mut batches = self.train.epoch(epoch as u64);
+        for (i, batch) in batches.by_ref().enumerate() {
+            let batch = batch?.to_tensors(Device::Cpu)?;
+            let progress = epoch as f64 + i as f64 / steps as f64;
+            lr = learning_rate(
+                &self.recipe.schedule,
+                self.recipe.optim.lr,
+                epochs,
+                progress,
+            );
+            let phase = Phase::at(progress, epochs, self.recipe.train.static_fraction);
+            let loss = self.loss(&batch, phase)?;
+            let value = loss.f_double_value(&[])?;
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    loss: value,
+                    step: self.optimizer.steps() + 1,
+                    epoch: epoch + 1,
+                });
+            }
+            self.optimizer.zero_grad();
+            if let Some(p) = &self.parallel {
+                p.before_backward();
+            }
+            loss.f_backward()?;
+            if let Some(p) = &self.parallel {
+                let t = Instant::now();
+                p.average_gradients()?;
+                averaging += t.elapsed().as_secs_f64();
+            }
+            self.optimizer.step(lr);
+            if let Some((_, _, ema)) = &self.ema {
+                ema.update(self.optimizer.steps());
+            }
+            let n = batch.labels.size()[0] as usize;
+            loss_sum += value * n as f64;
+            seen += n;
+            if main {
+                self.observer.step(&StepProgress {
+                    epoch: epoch + 1,
+                    epochs,
+                    step: i + 1,
+                    steps,
+                    images: seen * world,
+                    seconds: start.elapsed().as_secs_f64(),
+                    loss: loss_sum / seen as f64,
+                    lr,
+                });
+            }
+        }
+        if let Some(summary) = batches.report().summary() {
+            if main {
+                self.observer.data(epoch + 1, &summary);
+            }
+        }
+        drop(batches);
+        if let Some(p) = &self.parallel {
+            // Every rank's loss and images; rank 0's running statistics everywhere.
+            let total = p.sum(&[loss_sum, seen as f64])?;
+            (loss_sum, seen) = (total[0], total[1] as usize);
+            p.broadcast_buffers(&self.vs)?;
+            if let Some((ema_vs, _, _)) = &self.ema {
+                p.broadcast_buffers(ema_vs)?;
+            }
+        }
+        self.state.epoch += 1;
+        self.state.step = self.optimizer.steps();
+        Ok(EpochTotals {
+            loss: loss_sum / seen.max(1) as f64,
+            images: seen,
+            seconds: start.elapsed().as_secs_f64(),
+            averaging,
+            lr,
+        })
+    }
+
+    /// After an epoch (rank 0): best so far, `summary.csv`, the observer, checkpoints.
+    fn end_epoch(
+        &mut self,
+        totals: &EpochTotals,
+        evaluation: &Evaluation,
+    ) -> Result<(), TrainError> {
+        let improved = evaluation.specialist_top1 > self.state.best_top1;
+        if improved {
+            self.state.best_top1 = evaluation.specialist_top1;
+            self.state.best_epoch = self.state.epoch;
+        }
+        let text = self.dir.append_summary(&SummaryRow {
+            epoch: self.state.epoch,
+            lr: totals.lr,
+            train_loss: totals.loss,
+            evaluation: evaluation.clone(),
+            seconds: totals.seconds,
+        })?;
+        write(
+            &self.dir.plot_path("curves"),
+            crate::plot::training_curves(&text).as_bytes(),
+        )?;
+        self.observer.epoch(&EpochResult {
+            epoch: self.state.epoch,
+            epochs: self.recipe.train.epochs,
+            train_loss: totals.loss,
+            images: totals.images,
+            seconds: totals.seconds,
+            evaluation: evaluation.clone(),
+            processes: self.parallel.as_ref().map_or(1, |p| p.world_size()),
+            averaging_seconds: totals.averaging,
+        });
+        self.save_checkpoint(Checkpoint::Last)?;
+        if improved {
+            self.save_checkpoint(Checkpoint::Best)?;
+        }
+        let every = self.recipe.train.checkpoint_every;
+        if every > 0 && self.state.epoch % every == 0 {
+            self.save_checkpoint(Checkpoint::Epoch(self.state.epoch))?;
+        }
+        Ok(())
+    }
+
+    /// At the end (rank 0): `metrics.json` and the plots of the last evaluation.
+    fn finish(&self, metrics: &Metrics) -> Result<(), TrainError> {
+        self.dir.write_metrics(metrics)?;
+        let e = &metrics.evaluation;
+        if !e.early_exit.is_empty() {
+            let svg = crate::plot::early_exit_curve(&e.early_exit);
+            write(&self.dir.plot_path("early_exit"), svg.as_bytes())?;
+        }
+        if let Some(stats) = &e.coefficients {
+            let svg = crate::plot::coefficient_heatmap(stats, self.test.dataset().classes());
+            write(&self.dir.plot_path("coefficients"), svg.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The joint loss of a batch.
+    fn loss(&self, batch: &Batch, phase: Phase) -> Result<Tensor, TrainError> {
+        let loss = || {
+            joint_loss(
+                &self.model,
+                batch,
+                &self.recipe.loss,
+                self.teacher.as_ref(),
+                phase,
+            )
+        };
+        match &self.parallel {
+            Some(p) => p.forward(loss),
+            None => loss(),
+        }
+    }
+
+    fn evaluate(&self) -> Result<Evaluation, TrainError> {
+        evaluate(
+            &self.model,
+            self.ema.as_ref().map(|(_, m, _)| m),
+            &self.test,
+            &self.recipe.train.exit_thresholds,
+            self.resolution,
+        )
+    }
+
+    fn save_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), TrainError> {
+        self.dir.write_checkpoint(
+            checkpoint,
+            &self.recipe,
+            &self.vs,
+            self.ema.as_ref().map(|(vs, _, _)| vs),
+            &self.optimizer.state_tensors(),
+            &self.state,
+        )
+    }
+}
+
+/// What one epoch of training added up to, over all processes.
+struct EpochTotals {
+    /// Mean training loss.
+    loss: f64,
+    /// Images trained on.
+    images: usize,
+    /// Seconds of training.
+    seconds: f64,
+    /// Seconds rank 0 spent averaging gradients.
+    averaging: f64,
+    /// The learning rate of the last step.
+    lr: f64,
+}
