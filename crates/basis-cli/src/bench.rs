@@ -1,6 +1,7 @@
 //! `basisnet benchmark`: inference throughput of one model, batch size, precision and
 //! device, as `cargo xtask bench` runs it side by side with `scripts/inference_bench.py`.
 
+use crate::device::{total_memory, DeviceChoice};
 use anyhow::{bail, Context, Result};
 use basis_models::{checkpoint, presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
 use clap::{Args, ValueEnum};
@@ -44,9 +45,9 @@ pub struct BenchArgs {
     /// Precision.
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
-    /// cpu or cuda (default: cuda when available).
-    #[arg(long)]
-    device: Option<String>,
+    /// Where to run (auto: CUDA when available).
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
     /// Timed batches (after the warm-up).
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -103,16 +104,6 @@ impl Net {
     }
 }
 
-fn device(name: Option<&str>) -> Result<Device> {
-    Ok(match name {
-        None if tch::Cuda::is_available() => Device::Cuda(0),
-        None | Some("cpu") => Device::Cpu,
-        Some("cuda") if tch::Cuda::is_available() => Device::Cuda(0),
-        Some("cuda") => bail!("--device cuda was asked for, but libtorch sees no CUDA device"),
-        Some(other) => bail!("--device must be cpu or cuda, found {other:?}"),
-    })
-}
-
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -130,12 +121,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.exit_rate) {
         bail!("--exit-rate must be in [0, 1], found {}", args.exit_rate);
     }
+    // The input batch alone (3 x 224 x 224 fp32) must fit in half the machine's memory.
+    let input_bytes = (args.batch as u64).saturating_mul(3 * 224 * 224 * 4);
+    if let Some(total) = total_memory() {
+        if input_bytes > total / 2 {
+            let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+            bail!(
+                "--batch {} needs {:.1} GiB for its input images alone; this machine has {:.1} GiB: use a smaller batch",
+                args.batch,
+                gib(input_bytes),
+                gib(total)
+            );
+        }
+    }
     if let Some(path) = &args.save_state {
         if path.exists() {
             bail!("{} already exists; not overwriting it", path.display());
         }
     }
-    let device = device(args.device.as_deref())?;
+    let device = args.device.resolve()?;
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let (net, params, madds) = match args.model {

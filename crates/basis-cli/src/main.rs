@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod deploy;
+mod device;
 mod profile;
 mod progress;
 mod train;

@@ -2,21 +2,32 @@
 
 use anyhow::{Context, Result};
 use basis_models::{presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use serde_json::json;
 use tch::{nn, Device};
+
+/// `--arch`: one of the architecture tables, by torchvision's name.
+pub fn arch_parser() -> impl TypedValueParser<Value = Arch> {
+    PossibleValuesParser::new(Arch::ALL.map(Arch::name))
+        .try_map(|name| Arch::from_name(&name).ok_or("not an architecture"))
+}
 
 #[derive(Args)]
 #[command(
     after_help = "Examples:\n  basisnet profile --arch mobilenet_v2 --width 0.75 --resolution 192\n  basisnet profile --arch mobilenet_v3_small --in-chans 1 --classes 10 --resolution 28 --json\n  basisnet profile --preset basisnet-mv3 --json"
 )]
 pub struct ProfileArgs {
-    /// A BasisNet preset (basisnet-mv3, basisnet-mv2, basisnet-fashion, basisnet-fashion-mv2).
-    #[arg(long, conflicts_with_all = ["arch", "width", "in_chans", "classes", "resolution"])]
+    /// A BasisNet preset.
+    #[arg(
+        long,
+        conflicts_with_all = ["arch", "width", "in_chans", "classes", "resolution"],
+        value_parser = PossibleValuesParser::new(presets::names()),
+    )]
     preset: Option<String>,
-    /// Backbone: mobilenet_v2, mobilenet_v3_large or mobilenet_v3_small.
-    #[arg(long, default_value = "mobilenet_v3_large")]
-    arch: String,
+    /// Backbone.
+    #[arg(long, default_value = "mobilenet_v3_large", value_parser = arch_parser())]
+    arch: Arch,
     /// Width multiplier.
     #[arg(long, default_value_t = 1.0)]
     width: f64,
@@ -88,12 +99,7 @@ pub fn run(args: &ProfileArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let arch = Arch::from_name(&args.arch).with_context(|| {
-        format!(
-            "unknown --arch {:?}; expected mobilenet_v2, mobilenet_v3_large or mobilenet_v3_small",
-            args.arch
-        )
-    })?;
+    let arch = args.arch;
     let config = MobileNetConfig::new(arch)
         .width(args.width)
         .in_channels(args.in_chans)

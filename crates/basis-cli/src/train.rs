@@ -8,7 +8,7 @@ use basis_train::data::Split;
 use basis_train::distributed;
 use basis_train::{eval_loader, evaluate, DistributedSection, Metrics, Recipe, Run, RunDir};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Args)]
@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub struct TrainArgs {
     /// A shipped recipe (fashion-quick, imagenet-basisnet-mv3) or a TOML file.
     #[arg(long, default_value = "fashion-quick")]
-    recipe: String,
+    recipe: std::ffi::OsString,
     /// Override a recipe key: `section.key=value` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -99,7 +99,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             };
             PathBuf::from("runs").join(format!(
                 "{}-{kind}-{}",
-                args.recipe.trim_end_matches(".toml").replace('/', "_"),
+                Path::new(&args.recipe)
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy(),
                 std::process::id()
             ))
         });

@@ -50,11 +50,40 @@ fn preset_json_splits_the_cost() {
 fn bad_values_are_one_sentence_and_a_failure() {
     let (ok, out, err) = basisnet(&["profile", "--arch", "resnet50"]);
     assert!(!ok && out.is_empty());
-    assert!(err.contains("unknown --arch \"resnet50\""), "{err}");
+    assert!(
+        err.contains("invalid value 'resnet50' for '--arch <ARCH>'")
+            && err.contains(
+                "[possible values: mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small]"
+            ),
+        "{err}"
+    );
     let (ok, _, err) = basisnet(&["profile", "--resolution", "12"]);
     assert!(!ok);
     assert!(err.contains("need at least 17 px"), "{err}");
     let (ok, _, err) = basisnet(&["profile", "--preset", "nope"]);
     assert!(!ok);
-    assert!(err.contains("unknown preset \"nope\""), "{err}");
+    assert!(
+        err.contains("invalid value 'nope' for '--preset <PRESET>'")
+            && err.contains("basisnet-fashion-mv2"),
+        "{err}"
+    );
+    // Sizes that no machine holds are refused with a sentence before anything is allocated.
+    let (ok, _, err) = basisnet(&["profile", "--width", "100000"]);
+    assert!(
+        !ok && err.contains("width multiplier must be in (0, 10], found 100000"),
+        "{err}"
+    );
+    let (ok, _, err) = basisnet(&["profile", "--classes", "1000000000"]);
+    assert!(
+        !ok && err.contains("classes must be in 1..=1000000, found 1000000000"),
+        "{err}"
+    );
+    let (ok, _, err) = basisnet(&["profile", "--resolution", "1000000"]);
+    assert!(!ok && err.contains("at most 16384 px"), "{err}");
+    let (ok, _, err) = basisnet(&["benchmark", "--batch", "1000000000"]);
+    assert!(
+        !ok && err.contains("--batch 1000000000 needs ")
+            && err.contains("GiB for its input images alone"),
+        "{err}"
+    );
 }

@@ -220,4 +220,30 @@ fn bad_recipes_and_checkpoints_are_one_sentence_and_a_failure() {
     assert!(!ok && err.contains("is not a run directory"), "{err}");
     let (ok, _, err) = basisnet(&["train", "--recipe", "/nonexistent.toml"]);
     assert!(!ok && err.contains("/nonexistent.toml"), "{err}");
+    let (ok, _, err) = basisnet(&["train", "--set", "train.lr=-1", "--out", "/nonexistent/x"]);
+    assert!(
+        !ok && err.contains("key train.lr: unknown field `lr`"),
+        "{err}"
+    );
+    let (ok, _, err) = basisnet(&["train", "--recipe", "nope", "--out", "/nonexistent/x"]);
+    assert!(
+        !ok && err
+            .contains("nope is neither a shipped recipe (fashion-quick, imagenet-basisnet-mv3)"),
+        "{err}"
+    );
+    // A recipe path that is not UTF-8 is read like any other.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let odd = dir.join(std::ffi::OsStr::from_bytes(b"recipe-\xff.toml"));
+        std::fs::write(&odd, "[train]\nepochz = 1\n").unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_basisnet"))
+            .args(["train", "--out", "/nonexistent/x", "--recipe"])
+            .arg(&odd)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("epochz"), "{err}");
+    }
 }

@@ -1,9 +1,10 @@
 //! [`BasisConv2d`]: a convolution whose kernel is synthesized per sample from `N` bases.
 
+use crate::bank::KernelBank;
 use crate::cost::LayerCost;
 use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
-use crate::layer::{self, Coefficients};
+use crate::layer;
 use crate::strategy::Strategy;
 use tch::{nn, Tensor};
 
@@ -11,10 +12,9 @@ use tch::{nn, Tensor};
 /// `alpha[b, :]` it applies the kernel `sum_i alpha[b, i] * W_i` (and the bias
 /// `sum_i alpha[b, i] * b_i`).
 ///
-/// Variables, named as PyTorch names a `Conv2d`'s: `weight` `[N, Cout, Cin/g, kh, kw]` and
-/// `bias` `[N, Cout]`. With one basis (`N = 1`, the static layer) they are stored without
-/// the leading axis, `[Cout, Cin/g, kh, kw]` and `[Cout]`, so a static network's
-/// checkpoints are exactly torchvision's.
+/// Its [`KernelBank`] holds the variables, named as PyTorch names a `Conv2d`'s: `weight`
+/// `[N, Cout, Cin/g, kh, kw]` and `bias` `[N, Cout]` (`[Cout, Cin/g, kh, kw]` and `[Cout]`
+/// when `N = 1`, the static layer).
 ///
 /// ```
 /// use basis_core::{BasisConv2d, Conv2dGeometry};
@@ -34,11 +34,8 @@ use tch::{nn, Tensor};
 /// ```
 #[derive(Debug)]
 pub struct BasisConv2d {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    bank: KernelBank,
     geometry: Conv2dGeometry,
-    num_bases: i64,
-    strategy: Strategy,
 }
 
 impl BasisConv2d {
@@ -51,34 +48,16 @@ impl BasisConv2d {
         bias: bool,
     ) -> Result<Self> {
         geometry.validate()?;
-        layer::check_num_bases(num_bases)?;
         let [_, in_per_group, kh, kw] = geometry.weight_shape();
         let bound = 1.0 / ((in_per_group * kh * kw) as f64).sqrt();
-        let init = nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        let weight = path.f_var(
-            "weight",
-            &layer::stored_shape(num_bases, &geometry.weight_shape()),
-            init,
-        )?;
-        let bias = bias
-            .then(|| {
-                path.f_var(
-                    "bias",
-                    &layer::stored_shape(num_bases, &[geometry.out_channels]),
-                    init,
-                )
-            })
-            .transpose()?;
-        Ok(Self {
-            weight,
-            bias,
-            geometry,
+        let bank = KernelBank::new(
+            path,
             num_bases,
-            strategy: Strategy::Auto,
-        })
+            &geometry.weight_shape(),
+            bias.then_some(geometry.out_channels),
+            bound,
+        )?;
+        Ok(Self { bank, geometry })
     }
 
     /// A layer over existing tensors: `bank` `[N, Cout, Cin/g, kh, kw]`, `bias_bank`
@@ -89,37 +68,25 @@ impl BasisConv2d {
         geometry: Conv2dGeometry,
     ) -> Result<Self> {
         geometry.validate()?;
-        let num_bases = *bank.size().first().unwrap_or(&0);
-        layer::check_num_bases(num_bases)?;
-        let mut expected = vec![num_bases];
-        expected.extend(geometry.weight_shape());
-        layer::check_stored("basis kernels", bank, &expected)?;
-        if let Some(bb) = bias_bank {
-            layer::check_stored("basis biases", bb, &[num_bases, geometry.out_channels])?;
-        }
-        Ok(Self {
-            weight: layer::stored(bank),
-            bias: bias_bank.map(layer::stored),
-            geometry,
-            num_bases,
-            strategy: Strategy::Auto,
-        })
+        let bank =
+            KernelBank::from_tensors("basis kernels", bank, bias_bank, &geometry.weight_shape())?;
+        Ok(Self { bank, geometry })
     }
 
     /// Use `strategy` for every later [`BasisConv2d::forward`].
     pub fn with_strategy(mut self, strategy: Strategy) -> Self {
-        self.strategy = strategy;
+        self.bank.set_strategy(strategy);
         self
     }
 
-    /// Change the strategy of a built layer.
-    pub fn set_strategy(&mut self, strategy: Strategy) {
-        self.strategy = strategy;
+    /// The bases and strategy of the layer.
+    pub fn bank(&self) -> &KernelBank {
+        &self.bank
     }
 
-    /// The layer's strategy (`Auto` unless set).
-    pub fn strategy(&self) -> Strategy {
-        self.strategy
+    /// The bases and strategy of the layer, to change the strategy.
+    pub fn bank_mut(&mut self) -> &mut KernelBank {
+        &mut self.bank
     }
 
     /// The convolution's shape.
@@ -127,37 +94,10 @@ impl BasisConv2d {
         &self.geometry
     }
 
-    /// Number of bases `N`.
-    pub fn num_bases(&self) -> i64 {
-        self.num_bases
-    }
-
-    /// The stored weight variable (`[N, ...]`, or the plain kernel when `N = 1`).
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    /// The stored bias variable, if the layer has one.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-
-    /// The kernels as a bank `[N, Cout, Cin/g, kh, kw]` (a view, also when `N = 1`).
-    pub fn bank(&self) -> Tensor {
-        layer::bank_view(&self.weight, self.num_bases)
-    }
-
-    /// The biases as a bank `[N, Cout]`, if the layer has a bias.
-    pub fn bias_bank(&self) -> Option<Tensor> {
-        self.bias
-            .as_ref()
-            .map(|b| layer::bank_view(b, self.num_bases))
-    }
-
     /// Apply the layer to `input` `[B, Cin, H, W]` with `coefficients` `[B, N]` (or `[1, N]`,
     /// one vector for the whole batch), using the layer's strategy.
     pub fn forward(&self, input: &Tensor, coefficients: &Tensor) -> Result<Tensor> {
-        self.forward_with(input, coefficients, self.strategy)
+        self.forward_with(input, coefficients, self.bank.strategy())
     }
 
     /// [`BasisConv2d::forward`] with an explicit strategy.
@@ -168,13 +108,12 @@ impl BasisConv2d {
         strategy: Strategy,
     ) -> Result<Tensor> {
         let batch = self.check_input(input)?;
-        let alpha: Coefficients =
-            layer::check_coefficients(coefficients, batch, self.num_bases, self.weight.f_kind()?)?;
+        let alpha = self.bank.coefficients(coefficients, batch)?;
         layer::apply(
             input,
             &alpha,
-            &self.bank(),
-            self.bias_bank().as_ref(),
+            &self.bank.weight_bank(),
+            self.bank.bias_bank().as_ref(),
             &self.geometry,
             strategy,
         )
@@ -182,12 +121,12 @@ impl BasisConv2d {
 
     /// The static layer (`N = 1`) applied without coefficients: exactly PyTorch's `Conv2d`.
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
-        layer::require_static(self.num_bases)?;
+        self.bank.require_static()?;
         self.check_input(input)?;
         let g = &self.geometry;
         Ok(input.f_conv2d(
-            &self.weight,
-            self.bias.as_ref(),
+            self.bank.weight(),
+            self.bank.bias(),
             g.stride,
             g.padding,
             g.dilation,
@@ -231,10 +170,10 @@ impl BasisConv2d {
                 });
             }
         }
-        layer::require_static(self.num_bases)?;
+        self.bank.require_static()?;
         self.check_input(input)?;
-        let weight = self.weight.f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
-        let bias = match &self.bias {
+        let weight = self.bank.weight().f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
+        let bias = match self.bank.bias() {
             Some(b) => b.f_mul(scale)?.f_add(shift)?,
             None => shift.shallow_clone(),
         };
@@ -249,19 +188,13 @@ impl BasisConv2d {
         )?)
     }
 
-    /// The kernel and bias of one coefficient vector `[N]` or `[1, N]`, shaped as a plain
-    /// `Conv2d`'s: what baking a specialist into a static network stores.
-    pub fn synthesize(&self, coefficients: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        layer::synthesize_one(coefficients, &self.bank(), self.bias_bank().as_ref())
-    }
-
     /// Parameters and multiply-adds of the layer for one `h x w` input.
     pub fn cost(&self, input_hw: (i64, i64)) -> Result<LayerCost> {
         LayerCost::conv2d(
             &self.geometry,
             input_hw,
-            self.num_bases,
-            self.bias.is_some(),
+            self.bank.num_bases(),
+            self.bank.bias().is_some(),
         )
     }
 

@@ -67,10 +67,6 @@ pub(crate) fn apply(
         Strategy::Auto => Strategy::resolve(geometry, batch, (h, w), coefficients.shared),
         concrete => concrete,
     };
-    if strategy == Strategy::Shared {
-        let row = shared_row(coefficients)?;
-        return synthesis::shared(input, &row, bank, bias_bank, geometry);
-    }
     if !strategy.supports(geometry) {
         return Err(BasisError::Unsupported {
             strategy: strategy.name(),
@@ -80,19 +76,25 @@ pub(crate) fn apply(
             ),
         });
     }
-    let alpha = if coefficients.tensor.size()[0] == batch {
-        coefficients.tensor.shallow_clone()
-    } else {
-        coefficients.tensor.f_expand([batch, num_bases], false)?
+    let alpha = || -> Result<Tensor> {
+        Ok(if coefficients.tensor.size()[0] == batch {
+            coefficients.tensor.shallow_clone()
+        } else {
+            coefficients.tensor.f_expand([batch, num_bases], false)?
+        })
     };
     let kernel = match strategy {
         Strategy::PerSample => synthesis::per_sample,
         Strategy::GroupedConv => synthesis::grouped_conv,
         Strategy::BatchedMatmul => synthesis::batched_matmul,
         Strategy::MixOutputs => synthesis::mix_outputs,
-        Strategy::Auto | Strategy::Shared => unreachable!("resolved above"),
+        // `Auto` resolves to a concrete strategy above; one row for the whole batch.
+        Strategy::Shared | Strategy::Auto => {
+            let row = shared_row(coefficients)?;
+            return synthesis::shared(input, &row, bank, bias_bank, geometry);
+        }
     };
-    kernel(input, &alpha, bank, bias_bank, geometry)
+    kernel(input, &alpha()?, bank, bias_bank, geometry)
 }
 
 /// The one coefficient row `Shared` runs with: a single row, or rows that are all equal

@@ -34,6 +34,7 @@
 //! # Ok::<(), basis_core::BasisError>(())
 //! ```
 
+mod bank;
 mod coefficients;
 mod conv;
 mod cost;
@@ -45,6 +46,7 @@ mod linear;
 mod strategy;
 mod synthesis;
 
+pub use bank::KernelBank;
 pub use coefficients::{softmax_with_temperature, BasisDropout};
 pub use conv::BasisConv2d;
 pub use cost::LayerCost;

@@ -1,5 +1,6 @@
 //! [`BasisLinear`]: a fully connected layer whose weight is synthesized per sample.
 
+use crate::bank::KernelBank;
 use crate::cost::LayerCost;
 use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
@@ -9,8 +10,8 @@ use tch::{nn, Tensor};
 
 /// A linear layer with `N` basis weights: sample `b` gets `sum_i alpha[b, i] * W_i`.
 ///
-/// Variables: `weight` `[N, out, in]` and `bias` `[N, out]`, stored as a plain `Linear`'s
-/// (`[out, in]`, `[out]`) when `N = 1`. It runs through the same strategies as
+/// Its [`KernelBank`] holds `weight` `[N, out, in]` and `bias` `[N, out]`, stored as a
+/// plain `Linear`'s (`[out, in]`, `[out]`) when `N = 1`. It runs through the same strategies as
 /// [`crate::BasisConv2d`], as a 1x1 convolution on a 1x1 input, except `Shared`, which
 /// is one matrix multiply.
 ///
@@ -27,12 +28,9 @@ use tch::{nn, Tensor};
 /// ```
 #[derive(Debug)]
 pub struct BasisLinear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    bank: KernelBank,
     in_features: i64,
     out_features: i64,
-    num_bases: i64,
-    strategy: Strategy,
 }
 
 impl BasisLinear {
@@ -46,74 +44,58 @@ impl BasisLinear {
         bias: bool,
     ) -> Result<Self> {
         Conv2dGeometry::new(in_features, out_features, 1).validate()?;
-        layer::check_num_bases(num_bases)?;
         let bound = 1.0 / (in_features as f64).sqrt();
-        let init = nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        let weight = path.f_var(
-            "weight",
-            &layer::stored_shape(num_bases, &[out_features, in_features]),
-            init,
+        let bank = KernelBank::new(
+            path,
+            num_bases,
+            &[out_features, in_features],
+            bias.then_some(out_features),
+            bound,
         )?;
-        let bias = bias
-            .then(|| {
-                path.f_var(
-                    "bias",
-                    &layer::stored_shape(num_bases, &[out_features]),
-                    init,
-                )
-            })
-            .transpose()?;
         Ok(Self {
-            weight,
-            bias,
+            bank,
             in_features,
             out_features,
-            num_bases,
-            strategy: Strategy::Auto,
         })
     }
 
     /// A layer over existing tensors: `bank` `[N, out, in]`, `bias_bank` `[N, out]`.
     pub fn from_bank(bank: &Tensor, bias_bank: Option<&Tensor>) -> Result<Self> {
         let size = bank.size();
-        let &[num_bases, out_features, in_features] = size.as_slice() else {
+        let &[_, out_features, in_features] = size.as_slice() else {
             return Err(BasisError::Shape {
                 what: "basis weights",
                 expected: "[N, out, in]".into(),
                 found: format!("{size:?}"),
             });
         };
-        layer::check_num_bases(num_bases)?;
-        if let Some(bb) = bias_bank {
-            layer::check_stored("basis biases", bb, &[num_bases, out_features])?;
-        }
+        let bank = KernelBank::from_tensors(
+            "basis weights",
+            bank,
+            bias_bank,
+            &[out_features, in_features],
+        )?;
         Ok(Self {
-            weight: layer::stored(bank),
-            bias: bias_bank.map(layer::stored),
+            bank,
             in_features,
             out_features,
-            num_bases,
-            strategy: Strategy::Auto,
         })
     }
 
     /// Use `strategy` for every later [`BasisLinear::forward`].
     pub fn with_strategy(mut self, strategy: Strategy) -> Self {
-        self.strategy = strategy;
+        self.bank.set_strategy(strategy);
         self
     }
 
-    /// Change the strategy of a built layer.
-    pub fn set_strategy(&mut self, strategy: Strategy) {
-        self.strategy = strategy;
+    /// The bases and strategy of the layer.
+    pub fn bank(&self) -> &KernelBank {
+        &self.bank
     }
 
-    /// Number of bases `N`.
-    pub fn num_bases(&self) -> i64 {
-        self.num_bases
+    /// The bases and strategy of the layer, to change the strategy.
+    pub fn bank_mut(&mut self) -> &mut KernelBank {
+        &mut self.bank
     }
 
     /// Input features.
@@ -126,31 +108,9 @@ impl BasisLinear {
         self.out_features
     }
 
-    /// The stored weight variable (`[N, out, in]`, or `[out, in]` when `N = 1`).
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
-    /// The stored bias variable, if any.
-    pub fn bias(&self) -> Option<&Tensor> {
-        self.bias.as_ref()
-    }
-
-    /// The weights as a bank `[N, out, in]`.
-    pub fn bank(&self) -> Tensor {
-        layer::bank_view(&self.weight, self.num_bases)
-    }
-
-    /// The biases as a bank `[N, out]`, if any.
-    pub fn bias_bank(&self) -> Option<Tensor> {
-        self.bias
-            .as_ref()
-            .map(|b| layer::bank_view(b, self.num_bases))
-    }
-
     /// Apply to `input` `[B, in]` with `coefficients` `[B, N]` or `[1, N]`.
     pub fn forward(&self, input: &Tensor, coefficients: &Tensor) -> Result<Tensor> {
-        self.forward_with(input, coefficients, self.strategy)
+        self.forward_with(input, coefficients, self.bank.strategy())
     }
 
     /// [`BasisLinear::forward`] with an explicit strategy.
@@ -161,8 +121,8 @@ impl BasisLinear {
         strategy: Strategy,
     ) -> Result<Tensor> {
         let batch = self.check_input(input)?;
-        let alpha =
-            layer::check_coefficients(coefficients, batch, self.num_bases, self.weight.f_kind()?)?;
+        let alpha = self.bank.coefficients(coefficients, batch)?;
+        let num_bases = self.bank.num_bases();
         let geometry = Conv2dGeometry::new(self.in_features, self.out_features, 1);
         let resolved = match strategy {
             Strategy::Auto => Strategy::resolve(&geometry, batch, (1, 1), alpha.shared),
@@ -171,26 +131,30 @@ impl BasisLinear {
         match resolved {
             Strategy::Shared => {
                 let row = layer::shared_row(&alpha)?;
-                let (weight, bias) = self.synthesize(&row)?;
+                let (weight, bias) = self.bank.synthesize(&row)?;
                 return Ok(input.f_linear(&weight, bias.as_ref())?);
             }
             Strategy::MixOutputs => {
-                let alpha = alpha.tensor.f_expand([batch, self.num_bases], false)?;
-                let bank = self.bank();
-                let bias = self.bias_bank();
+                let alpha = alpha.tensor.f_expand([batch, num_bases], false)?;
+                let bank = self.bank.weight_bank();
+                let bias = self.bank.bias_bank();
                 return crate::synthesis::mix_outputs_dense(input, &alpha, &bank, bias.as_ref());
             }
             _ => {}
         }
-        let bank =
-            self.bank()
-                .f_reshape([self.num_bases, self.out_features, self.in_features, 1, 1])?;
+        let bank = self.bank.weight_bank().f_reshape([
+            num_bases,
+            self.out_features,
+            self.in_features,
+            1,
+            1,
+        ])?;
         let x = input.f_reshape([batch, self.in_features, 1, 1])?;
         let y = layer::apply(
             &x,
             &alpha,
             &bank,
-            self.bias_bank().as_ref(),
+            self.bank.bias_bank().as_ref(),
             &geometry,
             resolved,
         )?;
@@ -199,14 +163,9 @@ impl BasisLinear {
 
     /// The static layer (`N = 1`) without coefficients: exactly PyTorch's `Linear`.
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
-        layer::require_static(self.num_bases)?;
+        self.bank.require_static()?;
         self.check_input(input)?;
-        Ok(input.f_linear(&self.weight, self.bias.as_ref())?)
-    }
-
-    /// Weight `[out, in]` and bias `[out]` of one coefficient vector `[N]` or `[1, N]`.
-    pub fn synthesize(&self, coefficients: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
-        layer::synthesize_one(coefficients, &self.bank(), self.bias_bank().as_ref())
+        Ok(input.f_linear(self.bank.weight(), self.bank.bias())?)
     }
 
     /// Parameters and multiply-adds for one sample.
@@ -214,8 +173,8 @@ impl BasisLinear {
         LayerCost::linear(
             self.in_features,
             self.out_features,
-            self.num_bases,
-            self.bias.is_some(),
+            self.bank.num_bases(),
+            self.bank.bias().is_some(),
         )
     }
 

@@ -151,8 +151,12 @@ fn one_basis_is_pytorchs_conv2d_with_the_same_names_and_shapes() {
     };
     let mut plain = nn::conv2d(plain_vs.root() / "features" / 0, 4, 8, 3, cfg);
     tch::no_grad(|| {
-        plain.ws.copy_(layer.weight());
-        plain.bs.as_mut().unwrap().copy_(layer.bias().unwrap());
+        plain.ws.copy_(layer.bank().weight());
+        plain
+            .bs
+            .as_mut()
+            .unwrap()
+            .copy_(layer.bank().bias().unwrap());
     });
     let x = Tensor::randn([5, 4, 9, 9], CPU);
     let expected = plain.forward(&x);
@@ -178,7 +182,7 @@ fn one_basis_linear_is_pytorchs_linear() {
     let vars = vs.variables();
     assert_eq!(vars["classifier.3.weight"].size(), [10, 16]);
     let x = Tensor::randn([3, 16], CPU);
-    let expected = x.linear(layer.weight(), layer.bias());
+    let expected = x.linear(layer.bank().weight(), layer.bank().bias());
     assert!(layer.forward_static(&x).unwrap().equal(&expected));
     let err = layer
         .forward_static(&Tensor::zeros([3, 15], CPU))
@@ -190,13 +194,13 @@ fn one_basis_linear_is_pytorchs_linear() {
 fn synthesize_bakes_one_vector_into_a_plain_kernel() {
     let (_vs, layer) = conv(4);
     let alpha = Tensor::from_slice(&[0.1f32, 0.2, 0.3, 0.4]);
-    let (w, b) = layer.synthesize(&alpha).unwrap();
+    let (w, b) = layer.bank().synthesize(&alpha).unwrap();
     assert_eq!(w.size(), [6, 4, 3, 3]);
     let x = Tensor::randn([2, 4, 7, 7], CPU);
     let baked = x.conv2d(&w, b.as_ref(), [1, 1], [1, 1], [1, 1], 1);
     let dynamic = layer.forward(&x, &alpha.reshape([1, 4])).unwrap();
     assert!(baked.allclose(&dynamic, 1e-5, 1e-5, false));
-    assert!(layer.synthesize(&Tensor::ones([3], CPU)).is_err());
+    assert!(layer.bank().synthesize(&Tensor::ones([3], CPU)).is_err());
 }
 
 #[test]

@@ -2,10 +2,11 @@
 
 use crate::basis::BasisSpec;
 use crate::checkpoint::{self, Metadata};
+use crate::config::MobileNetConfig;
 use crate::early_exit::{self, EarlyExitOutput, Stage};
 use crate::error::{ModelError, Result};
 use crate::lightweight::Lightweight;
-use crate::mobilenet::{MobileNet, MobileNetConfig};
+use crate::mobilenet::MobileNet;
 use crate::profile::Profile;
 use basis_core::BasisDropout;
 use serde::{Deserialize, Serialize};

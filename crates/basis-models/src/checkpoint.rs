@@ -117,7 +117,8 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, Tensor>, Metadata)> {
     let not_safetensors = || bad_file(path, "not a safetensors file (bad header)");
     let len = bytes
         .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .and_then(|b| usize::try_from(u64::from_le_bytes(b)).ok())
         .ok_or_else(not_safetensors)?;
     let header_end = 8usize.checked_add(len).ok_or_else(not_safetensors)?;
     let header: Map<String, Value> = bytes
@@ -155,7 +156,17 @@ pub fn read(path: &Path) -> Result<(BTreeMap<String, Tensor>, Metadata)> {
                     .collect()
             })
             .unwrap_or_default();
-        let expected = shape.iter().product::<i64>() as usize * kind.elt_size_in_bytes();
+        let expected = shape
+            .iter()
+            .try_fold(kind.elt_size_in_bytes(), |bytes, &d| {
+                usize::try_from(d).ok().and_then(|d| bytes.checked_mul(d))
+            })
+            .ok_or_else(|| {
+                bad_file(
+                    path,
+                    format!("tensor {name} has an impossible shape {shape:?}"),
+                )
+            })?;
         let blob = match offsets.as_slice() {
             &[start, end] if end >= start && end - start == expected => data.get(start..end),
             _ => None,

@@ -1,212 +1,12 @@
-//! The pieces of a MobileNet: batch norm, conv + BN + activation, squeeze-excite. Every
-//! convolution is a [`BasisConv2d`]: one basis for a static layer, `N` for a basis layer.
+//! The pieces of a MobileNet: convolution and linear layers (static or basis), conv + BN +
+//! activation, squeeze-excite. Every convolution is a [`BasisConv2d`]: one basis for a
+//! static layer, `N` for a basis layer.
 
 use crate::arch::Act;
+use crate::batch_norm::{BatchNorm2d, BatchNormSpec};
 use crate::error::Result;
 use basis_core::{BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
-use std::cell::RefCell;
-use std::rc::Rc;
-use tch::{nn, Kind, Tensor};
-
-/// A sum across the replicas of a data-parallel job that autograd can go through (its
-/// backward sums the gradients across replicas): what synchronized batch norm needs.
-/// `basis-train` implements it over a c10d process group.
-pub trait ReplicaSum {
-    /// The element-wise sum of `x` over every replica.
-    fn replica_sum(&self, x: &Tensor) -> std::result::Result<Tensor, String>;
-}
-
-thread_local! {
-    static REPLICAS: RefCell<Option<Rc<dyn ReplicaSum>>> = const { RefCell::new(None) };
-}
-
-/// Run `f` with synchronized batch norm: every [`BatchNorm2d`] that normalizes with batch
-/// statistics on this thread takes them over the union of the replicas' batches (PyTorch's
-/// `SyncBatchNorm`), summing per-channel sums, sums of squares and counts with `sum`.
-/// Every replica must run the same layers in the same order.
-///
-/// ```
-/// use basis_models::{with_synchronized_batch_norm, BatchNorm2d, BatchNormSpec, ReplicaSum};
-/// use std::rc::Rc;
-/// use tch::{nn, Device, Kind, Tensor};
-///
-/// /// One replica: the sum over replicas is the tensor itself.
-/// struct Alone;
-/// impl ReplicaSum for Alone {
-///     fn replica_sum(&self, x: &Tensor) -> Result<Tensor, String> {
-///         Ok(x.shallow_clone())
-///     }
-/// }
-/// let vs = nn::VarStore::new(Device::Cpu);
-/// let bn = BatchNorm2d::new(&vs.root(), 3, BatchNormSpec { eps: 1e-5, momentum: 0.1 })?;
-/// let x = Tensor::randn([4, 3, 5, 5], (Kind::Float, Device::Cpu));
-/// let synced = with_synchronized_batch_norm(Rc::new(Alone), || bn.forward_t(&x, true))?;
-/// let plain = bn.forward_t(&x, true)?;
-/// assert!(synced.allclose(&plain, 1e-4, 1e-4, false));
-/// # Ok::<(), basis_models::ModelError>(())
-/// ```
-pub fn with_synchronized_batch_norm<R>(sum: Rc<dyn ReplicaSum>, f: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Rc<dyn ReplicaSum>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let old = self.0.take();
-            REPLICAS.with(|r| *r.borrow_mut() = old);
-        }
-    }
-    let _restore = Restore(REPLICAS.with(|r| r.borrow_mut().replace(sum)));
-    f()
-}
-
-/// Batch-norm hyper-parameters (PyTorch's convention: `running = (1 - m) * running + m * batch`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct BatchNormSpec {
-    /// Added to the variance.
-    pub eps: f64,
-    /// Weight of the current batch in the running statistics.
-    pub momentum: f64,
-}
-
-/// `BatchNorm2d` with torchvision's variable names, `num_batches_tracked` included.
-#[derive(Debug)]
-pub struct BatchNorm2d {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Tensor,
-    running_var: Tensor,
-    num_batches_tracked: Tensor,
-    spec: BatchNormSpec,
-}
-
-impl BatchNorm2d {
-    /// Weight one, bias zero, statistics zero mean and unit variance, as PyTorch.
-    pub fn new(path: &nn::Path, channels: i64, spec: BatchNormSpec) -> Result<Self> {
-        Ok(Self {
-            weight: path.f_ones("weight", &[channels])?,
-            bias: path.f_zeros("bias", &[channels])?,
-            running_mean: path.f_zeros_no_train("running_mean", &[channels])?,
-            running_var: path.f_ones_no_train("running_var", &[channels])?,
-            num_batches_tracked: path.add(
-                "num_batches_tracked",
-                Tensor::f_zeros([], (Kind::Int64, path.device()))?,
-                false,
-            ),
-            spec,
-        })
-    }
-
-    /// Normalize with batch statistics (and update the running ones) when `train`.
-    ///
-    /// Inside [`with_synchronized_batch_norm`], training statistics are those of every
-    /// replica's batch together.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if train {
-            let _ = tch::no_grad(|| self.num_batches_tracked.shallow_clone().f_add_scalar_(1))?;
-            if let Some(sum) = REPLICAS.with(|r| r.borrow().clone()) {
-                return self.forward_synchronized(x, sum.as_ref());
-            }
-        }
-        Ok(x.f_batch_norm(
-            Some(&self.weight),
-            Some(&self.bias),
-            Some(&self.running_mean),
-            Some(&self.running_var),
-            train,
-            self.spec.momentum,
-            self.spec.eps,
-            true,
-        )?)
-    }
-
-    /// Batch norm over the union of the replicas' batches: per-channel sum, sum of squares
-    /// and count summed across replicas (differentiably), biased variance to normalize,
-    /// unbiased to update the running variance, as PyTorch's `SyncBatchNorm`.
-    fn forward_synchronized(&self, x: &Tensor, sum: &dyn ReplicaSum) -> Result<Tensor> {
-        let c = self.weight.size()[0];
-        let dims: &[i64] = &[0, 2, 3];
-        let count = (x.numel() as i64 / c.max(1)) as f64;
-        let xf = x.f_to_kind(Kind::Float)?;
-        let stats = Tensor::f_cat(
-            &[
-                xf.f_sum_dim_intlist(dims, false, Kind::Float)?,
-                xf.f_square()?.f_sum_dim_intlist(dims, false, Kind::Float)?,
-                Tensor::f_full([1], count, (Kind::Float, x.device()))?,
-            ],
-            0,
-        )?;
-        let total = sum
-            .replica_sum(&stats)
-            .map_err(crate::ModelError::Replica)?;
-        let n = total.f_narrow(0, 2 * c, 1)?;
-        let n_value = n.f_double_value(&[0])?;
-        let mean = total.f_narrow(0, 0, c)?.f_div(&n)?;
-        let var = total
-            .f_narrow(0, c, c)?
-            .f_div(&n)?
-            .f_sub(&mean.f_square()?)?
-            .f_clamp_min(0.0)?;
-        tch::no_grad(|| -> Result<()> {
-            let m = self.spec.momentum;
-            let unbiased = n_value / (n_value - 1.0).max(1.0);
-            let _ = self
-                .running_mean
-                .shallow_clone()
-                .f_mul_scalar_(1.0 - m)?
-                .f_add_(&mean.f_mul_scalar(m)?)?;
-            let _ = self
-                .running_var
-                .shallow_clone()
-                .f_mul_scalar_(1.0 - m)?
-                .f_add_(&var.f_mul_scalar(m * unbiased)?)?;
-            Ok(())
-        })?;
-        let scale = var
-            .f_add_scalar(self.spec.eps)?
-            .f_rsqrt()?
-            .f_mul(&self.weight)?;
-        let shift = self.bias.f_sub(&mean.f_mul(&scale)?)?;
-        let shape = [1, c, 1, 1];
-        Ok(xf
-            .f_mul(&scale.f_view(shape)?)?
-            .f_add(&shift.f_view(shape)?)?
-            .f_to_kind(x.kind())?)
-    }
-
-    /// Copy parameters, running statistics and counter from `other` (same width).
-    pub(crate) fn copy_from(&self, other: &BatchNorm2d) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (dst, src) in self.tensors().into_iter().zip(other.tensors()) {
-                dst.shallow_clone().f_copy_(src)?;
-            }
-            Ok(())
-        })
-    }
-
-    fn tensors(&self) -> [&Tensor; 5] {
-        [
-            &self.weight,
-            &self.bias,
-            &self.running_mean,
-            &self.running_var,
-            &self.num_batches_tracked,
-        ]
-    }
-
-    /// The inference normalization as a per-channel affine map `x * scale + shift`, from
-    /// the running statistics: `scale = weight / sqrt(running_var + eps)`,
-    /// `shift = bias - running_mean * scale`.
-    pub fn inference_affine(&self) -> Result<(Tensor, Tensor)> {
-        let scale = self
-            .weight
-            .f_div(&self.running_var.f_add_scalar(self.spec.eps)?.f_sqrt()?)?;
-        let shift = self.bias.f_sub(&self.running_mean.f_mul(&scale)?)?;
-        Ok((scale, shift))
-    }
-
-    /// Trainable parameters (weight and bias).
-    pub fn params(&self) -> i64 {
-        2 * self.weight.size()[0]
-    }
-}
+use tch::{nn, Tensor};
 
 /// Apply a nonlinearity; in place when `x` needs no gradient (inference), as
 /// torchvision's `inplace=True` activations do, which saves one activation-sized
@@ -228,6 +28,11 @@ pub fn activate(mut x: Tensor, act: Option<Act>) -> Result<Tensor> {
 /// vector shared by the batch), indexed by the layers' `vector`.
 pub type CoefficientVectors<'a> = &'a [Tensor];
 
+/// The module path of `path` in its variable store (`features.0.0`).
+pub(crate) fn module_name(path: &nn::Path) -> String {
+    path.components().collect::<Vec<_>>().join(".")
+}
+
 /// `(N, vector)` of a basis layer, or `(1, None)` for a static one.
 fn split_basis(basis: Option<(i64, usize)>) -> (i64, Option<usize>) {
     match basis {
@@ -236,22 +41,11 @@ fn split_basis(basis: Option<(i64, usize)>) -> (i64, Option<usize>) {
     }
 }
 
-/// What a static or basis layer holds, whatever its kind: what baking and seeding use.
-pub(crate) trait Weighted {
-    /// The stored weight (the bank when `N > 1`).
-    fn weight(&self) -> &Tensor;
-    /// The stored bias, if any.
-    fn bias(&self) -> Option<&Tensor>;
-    /// Bases of the layer.
-    fn num_bases(&self) -> i64;
-    /// Plain-shaped weight and bias for `coefficients` (the stored ones when static).
-    fn weights_for(&self, coefficients: &[Tensor]) -> Result<(Tensor, Option<Tensor>)>;
-}
-
 /// A convolution that is either static (one basis) or a basis layer reading one of the
 /// coefficient vectors.
 #[derive(Debug)]
 pub struct Conv {
+    pub(crate) name: String,
     pub(crate) conv: BasisConv2d,
     pub(crate) vector: Option<usize>,
 }
@@ -266,6 +60,7 @@ impl Conv {
     ) -> Result<Self> {
         let (n, vector) = split_basis(basis);
         Ok(Self {
+            name: module_name(path),
             conv: BasisConv2d::new(path, geometry, n, bias)?,
             vector,
         })
@@ -285,16 +80,12 @@ impl Conv {
     pub fn cost(&self, input_hw: (i64, i64)) -> Result<LayerCost> {
         Ok(self.conv.cost(input_hw)?)
     }
-
-    /// The underlying basis layer.
-    pub fn layer(&self) -> &BasisConv2d {
-        &self.conv
-    }
 }
 
 /// A linear layer that is static or a basis layer.
 #[derive(Debug)]
 pub struct Linear {
+    pub(crate) name: String,
     pub(crate) linear: BasisLinear,
     pub(crate) vector: Option<usize>,
 }
@@ -311,14 +102,23 @@ impl Linear {
         let (n, vector) = split_basis(basis);
         let linear = BasisLinear::new(path, in_features, out_features, n, true)?;
         tch::no_grad(|| -> Result<()> {
-            let _ = linear.weight().shallow_clone().f_normal_(0.0, 0.01)?;
+            let _ = linear
+                .bank()
+                .weight()
+                .shallow_clone()
+                .f_normal_(0.0, 0.01)?;
             linear
+                .bank()
                 .bias()
                 .map(|b| b.shallow_clone().f_zero_())
                 .transpose()?;
             Ok(())
         })?;
-        Ok(Self { linear, vector })
+        Ok(Self {
+            name: module_name(path),
+            linear,
+            vector,
+        })
     }
 
     /// Apply, with this layer's coefficient vector when it is a basis layer.
@@ -341,36 +141,6 @@ impl Linear {
         &self.linear
     }
 }
-
-macro_rules! weighted {
-    ($ty:ty, $field:ident) => {
-        impl Weighted for $ty {
-            fn weight(&self) -> &Tensor {
-                self.$field.weight()
-            }
-            fn bias(&self) -> Option<&Tensor> {
-                self.$field.bias()
-            }
-            fn num_bases(&self) -> i64 {
-                self.$field.num_bases()
-            }
-            fn weights_for(&self, coefficients: &[Tensor]) -> Result<(Tensor, Option<Tensor>)> {
-                match self.vector {
-                    Some(v) => Ok(self
-                        .$field
-                        .synthesize(crate::error::vector(coefficients, v)?)?),
-                    None => Ok((
-                        self.$field.weight().shallow_clone(),
-                        self.$field.bias().map(Tensor::shallow_clone),
-                    )),
-                }
-            }
-        }
-    };
-}
-
-weighted!(Conv, conv);
-weighted!(Linear, linear);
 
 /// torchvision's `Conv2dNormActivation`: convolution (no bias), batch norm, activation.
 #[derive(Debug)]
@@ -493,8 +263,8 @@ fn kaiming_normal_fan_out(conv: &BasisConv2d) -> Result<()> {
     let [out, _, kh, kw] = conv.geometry().weight_shape();
     let std = (2.0 / (out * kh * kw) as f64).sqrt();
     tch::no_grad(|| -> Result<()> {
-        let _ = conv.weight().shallow_clone().f_normal_(0.0, std)?;
-        if let Some(b) = conv.bias() {
+        let _ = conv.bank().weight().shallow_clone().f_normal_(0.0, std)?;
+        if let Some(b) = conv.bank().bias() {
             let _ = b.shallow_clone().f_zero_()?;
         }
         Ok(())

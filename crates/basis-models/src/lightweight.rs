@@ -2,8 +2,9 @@
 //! class, and emits the combination coefficients of the specialist.
 
 use crate::basis::BasisSpec;
+use crate::config::MobileNetConfig;
 use crate::error::{ModelError, Result};
-use crate::mobilenet::{MobileNet, MobileNetConfig};
+use crate::mobilenet::MobileNet;
 use basis_core::{softmax_with_temperature, BasisLinear, LayerCost};
 use tch::{nn, Tensor};
 

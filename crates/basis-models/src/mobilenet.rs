@@ -4,157 +4,20 @@
 //! `mobilenet_v3_small`) layer for layer and name for name: its `state_dict` keys are this
 //! network's variable names, so torchvision weights load without a renaming table.
 
-use crate::arch::{make_divisible, Act, Arch, Expansion};
+use crate::arch::{make_divisible, Act, Expansion};
 use crate::basis::{BasisSpec, CoefficientScope, Site};
+use crate::config::{Layout, MobileNetConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::{BatchNorm2d, BatchNormSpec, Conv, ConvBnAct, Linear, SqueezeExcite};
+use crate::layers::{ConvBnAct, Linear, SqueezeExcite};
 use crate::profile::{Profile, ProfileRow};
+use crate::walk::Unit;
 use basis_core::{to_channels_last, Conv2dGeometry};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 
-/// A backbone's hyper-parameters; the defaults are torchvision's.
-///
-/// ```
-/// use basis_models::{Arch, MobileNetConfig};
-/// let small = MobileNetConfig::new(Arch::MobilenetV3Small).width(0.5).in_channels(1).classes(10);
-/// assert_eq!(small.batch_norm.eps, 0.001);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct MobileNetConfig {
-    /// The table.
-    pub arch: Arch,
-    /// Width multiplier (channels scaled, then rounded to a multiple of 8).
-    pub width: f64,
-    /// Input channels (3 for color, 1 for grayscale).
-    pub in_channels: i64,
-    /// Classes of the classifier.
-    pub num_classes: i64,
-    /// Dropout before the last linear layer.
-    pub dropout: f64,
-    /// Batch-norm settings.
-    pub batch_norm: BatchNormSpec,
-    /// Stride of the stem convolution: 2 (torchvision), or 1 for small images (the
-    /// CIFAR-style variant: every later feature map twice as large per side, four times
-    /// the multiply-adds, the same variables).
-    #[serde(default = "default_stem_stride")]
-    pub stem_stride: i64,
-}
-
-fn default_stem_stride() -> i64 {
-    2
-}
-
-impl MobileNetConfig {
-    /// torchvision's defaults: width 1.0, 3 channels, 1000 classes, dropout 0.2; batch norm
-    /// eps 1e-5 and momentum 0.1 (V2), eps 1e-3 and momentum 0.01 (V3).
-    pub fn new(arch: Arch) -> Self {
-        let batch_norm = if arch.is_v3() {
-            BatchNormSpec {
-                eps: 0.001,
-                momentum: 0.01,
-            }
-        } else {
-            BatchNormSpec {
-                eps: 1e-5,
-                momentum: 0.1,
-            }
-        };
-        Self {
-            arch,
-            width: 1.0,
-            in_channels: 3,
-            num_classes: 1000,
-            dropout: 0.2,
-            batch_norm,
-            stem_stride: 2,
-        }
-    }
-
-    /// With a width multiplier.
-    pub fn width(mut self, width: f64) -> Self {
-        self.width = width;
-        self
-    }
-
-    /// With this many input channels.
-    pub fn in_channels(mut self, in_channels: i64) -> Self {
-        self.in_channels = in_channels;
-        self
-    }
-
-    /// With this many classes.
-    pub fn classes(mut self, num_classes: i64) -> Self {
-        self.num_classes = num_classes;
-        self
-    }
-
-    /// With this dropout probability.
-    pub fn dropout(mut self, dropout: f64) -> Self {
-        self.dropout = dropout;
-        self
-    }
-
-    /// With this stem stride (1 for small images such as 28 px Fashion-MNIST).
-    pub fn stem_stride(mut self, stride: i64) -> Self {
-        self.stem_stride = stride;
-        self
-    }
-
-    fn validate(&self) -> Result<()> {
-        if !(1..=2).contains(&self.stem_stride) {
-            return Err(ModelError::Config(format!(
-                "the stem stride must be 1 or 2, found {}",
-                self.stem_stride
-            )));
-        }
-        if !(self.width.is_finite() && self.width > 0.0) {
-            return Err(ModelError::Config(format!(
-                "width multiplier must be > 0, found {}",
-                self.width
-            )));
-        }
-        if self.in_channels < 1 || self.num_classes < 1 {
-            return Err(ModelError::Config(format!(
-                "in_channels and classes must be >= 1, found {} and {}",
-                self.in_channels, self.num_classes
-            )));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(ModelError::Config(format!(
-                "dropout must be in [0, 1), found {}",
-                self.dropout
-            )));
-        }
-        Ok(())
-    }
-
-    /// Channels scaled by the width multiplier and rounded as torchvision does.
-    fn scaled(&self, channels: i64) -> i64 {
-        make_divisible(channels as f64 * self.width, 8)
-    }
-}
-
-/// Memory layout of the activations inside a network.
-///
-/// Measured on 2 CPU cores (`cargo bench -p basis-models`, 224 px): the static
-/// MobileNetV3-Large runs faster `channels_last` (1.2x at batch 1, even at batch 32); the
-/// `basisnet-mv3` specialist with one coefficient row per sample runs 1.6x faster
-/// contiguous at batch 32 (its depthwise layers are grouped convolutions over the batch,
-/// which need NCHW), and faster `channels_last` at batch 1 (one shared kernel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// `channels_last` when every basis layer runs one kernel for the whole batch (a
-    /// static network, a batch of one, a single coefficient row), contiguous otherwise.
-    #[default]
-    Auto,
-    /// Always `channels_last` (NHWC in memory).
-    ChannelsLast,
-    /// Always contiguous NCHW.
-    Contiguous,
-}
+/// The largest input side a network accepts (a 16384 px image is already 3 GiB of fp32
+/// activations in the stem alone; cost counts stay far from overflowing).
+pub const MAX_RESOLUTION: i64 = 16_384;
 
 /// One inverted-residual block: expand (1x1), depthwise, squeeze-excite, project (1x1).
 #[derive(Debug)]
@@ -198,6 +61,8 @@ pub(crate) enum Feature {
 /// ```
 #[derive(Debug)]
 pub struct MobileNet {
+    /// The module path it was built under (`specialist`, or empty).
+    pub(crate) prefix: String,
     config: MobileNetConfig,
     spec: BasisSpec,
     pub(crate) features: Vec<Feature>,
@@ -413,6 +278,7 @@ impl MobileNet {
             ));
         }
         Ok(Self {
+            prefix: crate::layers::module_name(path),
             config,
             spec,
             features,
@@ -444,7 +310,7 @@ impl MobileNet {
 
     /// The device its variables live on.
     pub fn device(&self) -> tch::Device {
-        self.classifier[0].1.layer().weight().device()
+        self.classifier[0].1.layer().bank().weight().device()
     }
 
     /// How activations are laid out in memory.
@@ -526,15 +392,20 @@ impl MobileNet {
         coefficients: &[Tensor],
         train: bool,
     ) -> Result<Tensor> {
-        let p = self.config.dropout;
-        match self.classifier.as_slice() {
-            [(_, hidden), (_, out)] => {
-                let h = hidden.forward(pooled, coefficients)?.f_hardswish()?;
-                out.forward(&h.f_dropout(p, train)?, coefficients)
+        // Dropout before the last layer; hard-swish after every other (MobileNetV3's
+        // hidden layer).
+        let last = self.classifier.len().saturating_sub(1);
+        let mut x = pooled.shallow_clone();
+        for (i, (_, layer)) in self.classifier.iter().enumerate() {
+            if i == last {
+                x = x.f_dropout(self.config.dropout, train)?;
             }
-            [(_, out)] => out.forward(&pooled.f_dropout(p, train)?, coefficients),
-            _ => unreachable!("a MobileNet has one or two classifier layers"),
+            x = layer.forward(&x, coefficients)?;
+            if i < last {
+                x = x.f_hardswish()?;
+            }
         }
+        Ok(x)
     }
 
     /// Check `[B, in_channels, H, W]` with `H` and `W` at least [`MobileNet::min_resolution`].
@@ -565,13 +436,20 @@ impl MobileNet {
     }
 
     fn stride2_layers(&self) -> u32 {
-        self.conv_layers()
+        self.walk()
             .iter()
-            .filter(|(_, l)| l.conv.layer().geometry().stride[0] == 2)
+            .filter(
+                |s| matches!(s.unit, Unit::ConvBnAct(l) if l.conv.conv.geometry().stride[0] == 2),
+            )
             .count() as u32
     }
 
     pub(crate) fn check_resolution(&self, side: i64) -> Result<()> {
+        if side > MAX_RESOLUTION {
+            return Err(ModelError::Config(format!(
+                "an input side of {side} px is refused: networks here take at most {MAX_RESOLUTION} px"
+            )));
+        }
         let min = self.min_resolution();
         if side < min {
             return Err(ModelError::Resolution {
@@ -584,117 +462,32 @@ impl MobileNet {
         Ok(())
     }
 
-    /// Every conv + BN (+ activation) in order, with its module name.
-    pub(crate) fn conv_layers(&self) -> Vec<(String, &ConvBnAct)> {
-        let mut out = Vec::new();
-        for feature in &self.features {
-            match feature {
-                Feature::Conv(name, layer) => out.push((name.clone(), &**layer)),
-                Feature::Block(b) => {
-                    out.extend(b.expand.iter().map(|l| (format!("{}.expand", b.name), l)));
-                    out.push((format!("{}.depthwise", b.name), &b.depthwise));
-                    out.push((format!("{}.project", b.name), &b.project));
-                }
-            }
-        }
-        out
-    }
-
     /// The per-layer cost table for `resolution x resolution` inputs.
     pub fn profile(&self, resolution: i64) -> Result<Profile> {
         self.check_resolution(resolution)?;
         let mut rows = Vec::new();
         let mut hw = (resolution, resolution);
-        let mut conv = |rows: &mut Vec<ProfileRow>, name: String, layer: &ConvBnAct| {
-            let g = *layer.conv.layer().geometry();
-            let cost = layer.cost(hw)?;
-            hw = g.output_hw(hw.0, hw.1)?;
-            rows.push(ProfileRow::new(
-                name,
-                conv_kind(&g),
-                [g.out_channels, hw.0, hw.1],
-                cost,
-            ));
-            Ok::<(), ModelError>(())
-        };
-        for feature in &self.features {
-            match feature {
-                Feature::Conv(name, layer) => conv(&mut rows, name.clone(), layer)?,
-                Feature::Block(b) => {
-                    if let Some(expand) = &b.expand {
-                        conv(&mut rows, format!("{}.expand", b.name), expand)?;
-                    }
-                    conv(&mut rows, format!("{}.depthwise", b.name), &b.depthwise)?;
-                    if let Some(se) = &b.se {
-                        for (fc, layer) in [("fc1", &se.fc1), ("fc2", &se.fc2)] {
-                            let out = layer.layer().geometry().out_channels;
-                            rows.push(ProfileRow::new(
-                                format!("{}.se.{fc}", b.name),
-                                "se 1x1".into(),
-                                [out, 1, 1],
-                                layer.cost((1, 1))?,
-                            ));
-                        }
-                    }
-                    conv(&mut rows, format!("{}.project", b.name), &b.project)?;
+        for step in self.walk() {
+            let variables = step.variables();
+            let row = match step.unit {
+                Unit::ConvBnAct(layer) => {
+                    let g = *layer.conv.conv.geometry();
+                    let cost = layer.cost(hw)?;
+                    hw = g.output_hw(hw.0, hw.1)?;
+                    ProfileRow::new(step.role, conv_kind(&g), [g.out_channels, hw.0, hw.1], cost)
                 }
-            }
-        }
-        for (name, linear) in &self.classifier {
-            let out = linear.layer().out_features();
-            rows.push(ProfileRow::new(
-                name.clone(),
-                "linear".into(),
-                [out, 1, 1],
-                linear.cost(),
-            ));
+                Unit::SqueezeExcite(conv) => {
+                    let out = conv.conv.geometry().out_channels;
+                    ProfileRow::new(step.role, "se 1x1".into(), [out, 1, 1], conv.cost((1, 1))?)
+                }
+                Unit::Linear(linear) => {
+                    let out = linear.linear.out_features();
+                    ProfileRow::new(step.role, "linear".into(), [out, 1, 1], linear.cost())
+                }
+            };
+            rows.push(row.with_variables(variables));
         }
         Ok(Profile::new(rows))
-    }
-}
-
-/// Every parameterized layer of a network, in a fixed order (two networks built from the
-/// same configuration list theirs in the same order).
-pub(crate) enum LayerRef<'a> {
-    Conv(&'a Conv),
-    Linear(&'a Linear),
-    Norm(&'a BatchNorm2d),
-}
-
-impl LayerRef<'_> {
-    /// The weights of a convolution or linear layer.
-    pub(crate) fn weighted(&self) -> Option<&dyn crate::layers::Weighted> {
-        match self {
-            LayerRef::Conv(c) => Some(*c),
-            LayerRef::Linear(l) => Some(*l),
-            LayerRef::Norm(_) => None,
-        }
-    }
-}
-
-impl MobileNet {
-    pub(crate) fn layer_refs(&self) -> Vec<LayerRef<'_>> {
-        let mut out = Vec::new();
-        for feature in &self.features {
-            let layers: Vec<&ConvBnAct> = match feature {
-                Feature::Conv(_, l) => vec![&**l],
-                Feature::Block(b) => b.expand.iter().chain([&b.depthwise]).collect(),
-            };
-            for l in layers {
-                out.push(LayerRef::Conv(&l.conv));
-                out.push(LayerRef::Norm(&l.bn));
-            }
-            if let Feature::Block(b) = feature {
-                if let Some(se) = &b.se {
-                    out.push(LayerRef::Conv(&se.fc1));
-                    out.push(LayerRef::Conv(&se.fc2));
-                }
-                out.push(LayerRef::Conv(&b.project.conv));
-                out.push(LayerRef::Norm(&b.project.bn));
-            }
-        }
-        out.extend(self.classifier.iter().map(|(_, l)| LayerRef::Linear(l)));
-        out
     }
 }
 

@@ -20,27 +20,55 @@
 use crate::arch::Arch;
 use crate::basis::BasisSpec;
 use crate::basisnet::BasisNetConfig;
+use crate::config::MobileNetConfig;
 use crate::error::{ModelError, Result};
-use crate::mobilenet::MobileNetConfig;
 
-/// Every preset name.
-pub const NAMES: [&str; 4] = [
-    "basisnet-mv3",
-    "basisnet-mv2",
-    "basisnet-fashion",
-    "basisnet-fashion-mv2",
+/// A row of [`PRESETS`]: a name and the function that builds its configuration.
+pub type Preset = (&'static str, fn() -> BasisNetConfig);
+
+/// Every preset: its name and its configuration, one row each.
+#[rustfmt::skip]
+pub const PRESETS: [Preset; 4] = [
+    ("basisnet-mv3",         || imagenet(Arch::MobilenetV3Large)),
+    ("basisnet-mv2",         || imagenet(Arch::MobilenetV2)),
+    ("basisnet-fashion",     || fashion(MobileNetConfig::new(Arch::MobilenetV3Small))),
+    ("basisnet-fashion-mv2", || fashion(MobileNetConfig::new(Arch::MobilenetV2).width(0.5))),
 ];
+
+/// The preset names, in the order of [`PRESETS`].
+///
+/// ```
+/// assert_eq!(basis_models::presets::names().next(), Some("basisnet-mv3"));
+/// ```
+pub fn names() -> impl Iterator<Item = &'static str> {
+    PRESETS.iter().map(|(name, _)| *name)
+}
 
 /// The configuration of a preset.
 ///
 /// ```
 /// let mv3 = basis_models::presets::get("basisnet-mv3")?;
 /// assert_eq!((mv3.lightweight_resolution, mv3.resolution), (128, 224));
-/// assert!(basis_models::presets::get("resnet50").is_err());
+/// let err = basis_models::presets::get("resnet50").unwrap_err().to_string();
+/// assert!(err.contains("basisnet-mv3, basisnet-mv2, basisnet-fashion, basisnet-fashion-mv2"));
 /// # Ok::<(), basis_models::ModelError>(())
 /// ```
 pub fn get(name: &str) -> Result<BasisNetConfig> {
-    let imagenet = |arch: Arch| BasisNetConfig {
+    PRESETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, config)| config())
+        .ok_or_else(|| {
+            ModelError::Config(format!(
+                "unknown preset {name:?}; the presets are {}",
+                names().collect::<Vec<_>>().join(", ")
+            ))
+        })
+}
+
+/// The paper's ImageNet setting: MobileNet at 128 px previews, the same at 224 px, N = 8.
+fn imagenet(arch: Arch) -> BasisNetConfig {
+    BasisNetConfig {
         lightweight: MobileNetConfig::new(arch),
         lightweight_resolution: 128,
         specialist: MobileNetConfig::new(arch),
@@ -48,14 +76,20 @@ pub fn get(name: &str) -> Result<BasisNetConfig> {
         basis: BasisSpec::new(8),
         temperature: 1.0,
         basis_dropout: 0.1,
-    };
-    // Short runs: batch-norm statistics that follow the weights within ~10 steps
-    // (PyTorch's default momentum) rather than MobileNetV3's ~100.
-    let quick_bn = |mut c: MobileNetConfig| {
-        c.batch_norm.momentum = 0.1;
-        c
-    };
-    let fashion = |specialist: MobileNetConfig| BasisNetConfig {
+    }
+}
+
+/// Short runs: batch-norm statistics that follow the weights within ~10 steps (PyTorch's
+/// default momentum) rather than MobileNetV3's ~100.
+fn quick_bn(mut c: MobileNetConfig) -> MobileNetConfig {
+    c.batch_norm.momentum = 0.1;
+    c
+}
+
+/// 28 px grayscale, 10 classes: MobileNetV3-Small 0.5 at 20 px previews `specialist` at
+/// 28 px with a stride-1 stem, N = 4.
+fn fashion(specialist: MobileNetConfig) -> BasisNetConfig {
+    BasisNetConfig {
         lightweight: quick_bn(
             MobileNetConfig::new(Arch::MobilenetV3Small)
                 .width(0.5)
@@ -75,15 +109,5 @@ pub fn get(name: &str) -> Result<BasisNetConfig> {
         basis: BasisSpec::new(4),
         temperature: 1.0,
         basis_dropout: 0.1,
-    };
-    match name {
-        "basisnet-mv3" => Ok(imagenet(Arch::MobilenetV3Large)),
-        "basisnet-mv2" => Ok(imagenet(Arch::MobilenetV2)),
-        "basisnet-fashion" => Ok(fashion(MobileNetConfig::new(Arch::MobilenetV3Small))),
-        "basisnet-fashion-mv2" => Ok(fashion(MobileNetConfig::new(Arch::MobilenetV2).width(0.5))),
-        other => Err(ModelError::Config(format!(
-            "unknown preset {other:?}; the presets are {}",
-            NAMES.join(", ")
-        ))),
     }
 }

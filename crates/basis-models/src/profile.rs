@@ -8,6 +8,9 @@ use serde::Serialize;
 pub struct ProfileRow {
     /// Module name (`features.3.depthwise`, `classifier.0`...).
     pub name: String,
+    /// The row's trainable variables as the variable store and safetensors files name
+    /// them (`features.3.block.1.0.weight`, ...), so a row can be matched to its weights.
+    pub variables: Vec<String>,
     /// `conv 3x3/2`, `dw 5x5`, `se 1x1`, `linear`...
     pub kind: String,
     /// Output shape of one sample: channels, height, width.
@@ -24,12 +27,20 @@ impl ProfileRow {
     pub(crate) fn new(name: String, kind: String, output: [i64; 3], cost: LayerCost) -> Self {
         Self {
             name,
+            variables: Vec::new(),
             kind,
             output,
             params: cost.params,
             madds: cost.madds,
             synthesis_madds: cost.synthesis_madds,
         }
+    }
+}
+
+impl ProfileRow {
+    pub(crate) fn with_variables(mut self, variables: Vec<String>) -> Self {
+        self.variables = variables;
+        self
     }
 }
 

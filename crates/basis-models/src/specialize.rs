@@ -5,7 +5,8 @@
 use crate::basis::BasisSpec;
 use crate::checkpoint;
 use crate::error::{ModelError, Result};
-use crate::mobilenet::{LayerRef, MobileNet};
+use crate::mobilenet::MobileNet;
+use crate::walk::Part;
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
 
@@ -26,19 +27,18 @@ impl MobileNet {
             tch::no_grad(|| dst.shallow_clone().f_copy_(src))?;
             Ok(())
         };
-        for (src, dst) in self.layer_refs().into_iter().zip(fixed.layer_refs()) {
-            match (src.weighted(), dst.weighted(), &src, &dst) {
-                (Some(s), Some(d), _, _) => {
-                    let (w, b) = s.weights_for(coefficients)?;
-                    copy(d.weight(), &w)?;
-                    if let (Some(db), Some(sb)) = (d.bias(), b) {
-                        copy(db, &sb)?;
-                    }
+        self.with_counterparts(&fixed, |mine, static_twin| match (mine, static_twin) {
+            (Part::Weighted(s), Part::Weighted(d)) => {
+                let (w, b) = s.weights_for(coefficients)?;
+                copy(d.bank.weight(), &w)?;
+                if let (Some(db), Some(sb)) = (d.bank.bias(), b) {
+                    copy(db, &sb)?;
                 }
-                (_, _, LayerRef::Norm(s), LayerRef::Norm(d)) => d.copy_from(s)?,
-                _ => unreachable!("the same configuration lists the same layers"),
+                Ok(())
             }
-        }
+            (Part::Norm(s), Part::Norm(d)) => d.copy_from(s),
+            _ => Err(kind_mismatch()),
+        })?;
         Ok(fixed)
     }
 
@@ -86,18 +86,23 @@ impl MobileNet {
                 Ok(())
             })
         };
-        for (dst, src) in self.layer_refs().into_iter().zip(fixed.layer_refs()) {
-            match (dst.weighted(), src.weighted(), &dst, &src) {
-                (Some(d), Some(s), _, _) => {
-                    seed(d.weight(), s.weight(), d.num_bases())?;
-                    if let (Some(db), Some(sb)) = (d.bias(), s.bias()) {
-                        seed(db, sb, d.num_bases())?;
-                    }
+        self.with_counterparts(fixed, |mine, static_twin| match (mine, static_twin) {
+            (Part::Weighted(d), Part::Weighted(s)) => {
+                let n = d.bank.num_bases();
+                seed(d.bank.weight(), s.bank.weight(), n)?;
+                if let (Some(db), Some(sb)) = (d.bank.bias(), s.bank.bias()) {
+                    seed(db, sb, n)?;
                 }
-                (_, _, LayerRef::Norm(d), LayerRef::Norm(s)) => d.copy_from(s)?,
-                _ => unreachable!("the same configuration lists the same layers"),
+                Ok(())
             }
-        }
-        Ok(())
+            (Part::Norm(d), Part::Norm(s)) => d.copy_from(s),
+            _ => Err(kind_mismatch()),
+        })
     }
+}
+
+/// Two networks of one configuration name a convolution and a norm alike only if the
+/// builder changed between them.
+fn kind_mismatch() -> ModelError {
+    ModelError::Config("a layer of one network is a batch norm in the other".into())
 }

@@ -373,6 +373,25 @@ fn checkpoints_of_another_model_are_refused_and_change_nothing() {
         .unwrap_err()
         .to_string()
         .contains("not a safetensors file"));
+    // A header whose shape overflows (or is negative) is refused, not multiplied out.
+    for shape in ["[4294967296, 4294967296, 16]", "[-1, 8]"] {
+        let header = format!(r#"{{"w":{{"dtype":"F32","shape":{shape},"data_offsets":[0,4]}}}}"#);
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend([0u8; 4]);
+        let odd = dir.join("odd-shape.safetensors");
+        std::fs::write(&odd, &bytes).unwrap();
+        let err = checkpoint::read(&odd).unwrap_err().to_string();
+        assert!(err.contains("tensor w has an impossible shape"), "{err}");
+    }
+    // A header length past the end of the file.
+    let mut bytes = u64::MAX.to_le_bytes().to_vec();
+    bytes.extend(b"{}");
+    std::fs::write(&junk, &bytes).unwrap();
+    assert!(checkpoint::read(&junk)
+        .unwrap_err()
+        .to_string()
+        .contains("not a safetensors file"));
 
     // Nothing was overwritten by the failed loads.
     let after = vs.variables();

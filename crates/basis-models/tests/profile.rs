@@ -100,3 +100,61 @@ fn resolution_below_the_strides_is_refused() {
         "mobilenet_v3_large: input of 16x16 px is too small; its 5 stride-2 layers need at least 17 px"
     );
 }
+
+#[test]
+fn every_profile_row_names_the_variables_it_counts() {
+    // A static MobileNetV2 and a BasisNet (its specialist has N = 4 under `specialist.`).
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = MobileNetConfig::new(Arch::MobilenetV2);
+    let net = MobileNet::new(&vs.root(), config, BasisSpec::fixed()).unwrap();
+    let bn_vs = nn::VarStore::new(Device::Cpu);
+    let basisnet = BasisNet::new(&bn_vs.root(), presets::get("basisnet-fashion").unwrap()).unwrap();
+    let static_profile = net.profile(224).unwrap();
+    for (profile, store) in [
+        (&static_profile, &vs),
+        (&basisnet.profile().specialist, &bn_vs),
+    ] {
+        let variables = store.variables();
+        let mut counted = 0;
+        for row in &profile.layers {
+            assert!(!row.variables.is_empty(), "{}", row.name);
+            let params: i64 = row
+                .variables
+                .iter()
+                .map(|v| {
+                    variables
+                        .get(v)
+                        .unwrap_or_else(|| panic!("{v} of {}", row.name))
+                        .numel() as i64
+                })
+                .sum();
+            assert_eq!(params, row.params, "{}", row.name);
+            counted += row.variables.len();
+        }
+        let trainable = variables
+            .keys()
+            .filter(|k| !k.contains("running") && !k.contains("num_batches"))
+            .count();
+        let specialist = variables
+            .keys()
+            .filter(|k| {
+                k.starts_with("specialist.") && !k.contains("running") && !k.contains("num_batches")
+            })
+            .count();
+        assert!(
+            counted == trainable || counted == specialist,
+            "{counted} of {trainable}"
+        );
+    }
+    let stem = &static_profile.layers[0];
+    assert_eq!(
+        stem.variables,
+        [
+            "features.0.0.weight",
+            "features.0.1.weight",
+            "features.0.1.bias"
+        ]
+    );
+    assert!(basisnet.profile().specialist.layers[0].variables[0]
+        .starts_with("specialist.features.0.0."));
+}

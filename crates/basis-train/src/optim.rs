@@ -174,7 +174,17 @@ impl Optimizer {
         self.state.clear();
         for (k, v) in tensors {
             if k == "step" {
-                self.step = v.int64_value(&[]);
+                if v.numel() != 1 || v.is_floating_point() {
+                    return Err(format!(
+                        "optimizer state step must be one integer, found a {:?} tensor of shape {:?}",
+                        v.kind(),
+                        v.size()
+                    ));
+                }
+                self.step = v
+                    .f_reshape([-1])
+                    .and_then(|t| t.f_int64_value(&[0]))
+                    .map_err(|e| format!("optimizer state step: {e}"))?;
                 continue;
             }
             let (var, _) = k

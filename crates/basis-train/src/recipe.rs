@@ -317,6 +317,11 @@ pub struct Recipe {
     pub distributed: DistributedSection,
 }
 
+/// What a TOML error says is wrong, on one line (without the position and the excerpt).
+fn reason(e: &toml::de::Error) -> String {
+    e.message().trim().replace('\n', " ")
+}
+
 /// The recipes shipped with the crate, by name.
 pub const PRESETS: [(&str, &str); 2] = [
     (
@@ -334,7 +339,16 @@ impl Recipe {
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, RecipeError> {
         toml::from_str(text).map_err(|e| RecipeError::Parse {
             origin: origin.to_string(),
-            message: e.to_string().trim().replace('\n', " "),
+            message: match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    let source = text.lines().nth(line - 1).unwrap_or_default().trim();
+                    format!("line {line}, column {column} (`{source}`): {}", reason(&e))
+                }
+                None => reason(&e),
+            },
         })
     }
 
@@ -420,15 +434,10 @@ impl Recipe {
             }
             node.insert(parts[parts.len() - 1].to_string(), value);
             let text = toml::to_string(&table).map_err(|e| RecipeError::Invalid(e.to_string()))?;
-            Self::from_toml(&text, &origin).map_err(|e| match e {
-                RecipeError::Parse { origin, message } => RecipeError::Parse {
-                    origin,
-                    message: format!(
-                        "key {key}: {}",
-                        message.split(" |").next().unwrap_or(&message)
-                    ),
-                },
-                other => other,
+            // The line of the serialized table means nothing to the user: keep the reason.
+            toml::from_str::<Recipe>(&text).map_err(|e| RecipeError::Parse {
+                origin: origin.clone(),
+                message: format!("key {}: {}", key.trim(), reason(&e)),
             })?;
         }
         let text = toml::to_string(&table).map_err(|e| RecipeError::Invalid(e.to_string()))?;

@@ -51,6 +51,40 @@ fn idx_bytes(ndim: u8, dims: &[u32], data: &[u8]) -> Vec<u8> {
 }
 
 #[test]
+fn an_idx_header_announcing_billions_of_samples_is_refused_at_once() {
+    let dir = common::scratch("idx-billions");
+    let billions = 3_000_000_000u32;
+    write_gz(
+        &dir.join("train-images-idx3-ubyte.gz"),
+        &idx_bytes(3, &[billions, 28, 28], &[7; 784]),
+    );
+    write_gz(
+        &dir.join("train-labels-idx1-ubyte.gz"),
+        &idx_bytes(1, &[billions], &[1]),
+    );
+    let err = FashionMnist::open(&dir, Split::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the header announces 3000000000 images of 28x28, the files hold 1"),
+        "{err}"
+    );
+    // Images of 65535 x 65535 pixels: not one is whole.
+    write_gz(
+        &dir.join("train-images-idx3-ubyte.gz"),
+        &idx_bytes(3, &[1, 65535, 65535], &[7; 784]),
+    );
+    write_gz(
+        &dir.join("train-labels-idx1-ubyte.gz"),
+        &idx_bytes(1, &[1], &[1]),
+    );
+    let err = FashionMnist::open(&dir, Split::Train)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the files hold 0"), "{err}");
+}
+
+#[test]
 fn idx_files_with_a_wrong_magic_or_a_short_read_are_named() {
     let dir = common::scratch("idx-bad");
     // Wrong magic: a labels file where images are expected.

@@ -35,6 +35,20 @@ fn recipe_errors_name_the_key_and_the_line() {
         err.starts_with("--set train.epochz=3: key train.epochz: "),
         "{err}"
     );
+    // An unknown key in a known section keeps the sentence that says so.
+    let err = base
+        .with_overrides(&["train.lr=-1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("--set train.lr=-1: key train.lr: unknown field `lr`, expected one of"),
+        "{err}"
+    );
+    let err = Recipe::load("nope").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "recipe: nope is neither a shipped recipe (fashion-quick, imagenet-basisnet-mv3) nor a recipe file"
+    );
     let err = base
         .with_overrides(&["train.epochs".into()])
         .unwrap_err()
@@ -297,6 +311,20 @@ fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
     // A directory that holds a run is not overwritten.
     let err = Run::new(tiny(&[]), &stopped).err().unwrap().to_string();
     assert!(err.contains("already holds a run"), "{err}");
+    // A corrupt optimizer state (a step that is not one integer) is one sentence on resume.
+    let optim = stopped.join("last-optim.safetensors");
+    let mut state: Vec<(String, Tensor)> = read_weights(&optim).into_iter().collect();
+    for (name, t) in state.iter_mut() {
+        if name == "step" {
+            *t = Tensor::from_slice(&[3i64, 4]);
+        }
+    }
+    basis_models::checkpoint::write(&optim, &state, &Default::default()).unwrap();
+    let err = Run::resume(&stopped).err().unwrap().to_string();
+    assert!(
+        err.contains("last-optim.safetensors: optimizer state step must be one integer, found a Int64 tensor of shape [2]"),
+        "{err}"
+    );
 }
 
 fn snapshot(vs: &nn::VarStore) -> std::collections::BTreeMap<String, Tensor> {

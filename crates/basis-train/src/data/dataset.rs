@@ -61,6 +61,8 @@ struct InMemory {
     declared: usize,
     /// Samples the files announce but do not hold whole, with the reason.
     unreadable: std::collections::BTreeMap<usize, String>,
+    /// Samples from this index on are missing from the files (a short read), and why.
+    missing_from: Option<(usize, String)>,
     classes: Vec<String>,
 }
 
@@ -77,6 +79,11 @@ impl InMemory {
         }
         if let Some(problem) = self.unreadable.get(&index) {
             return Err(DataError::sample(self.describe(index), problem.clone()));
+        }
+        if let Some((from, problem)) = &self.missing_from {
+            if index >= *from {
+                return Err(DataError::sample(self.describe(index), problem.clone()));
+            }
         }
         let label = self.labels[index];
         if usize::from(label) >= self.classes.len() {
@@ -190,15 +197,25 @@ impl FashionMnist {
         let problem = format!(
             "short read: the files hold {available} of the {declared} samples their headers announce"
         );
+        // A download cut short keeps most of its samples (the rest are counted as bad);
+        // a header announcing far more than the files hold is a broken file.
+        if available.saturating_mul(2) < declared {
+            return Err(DataError::format(
+                &images_path,
+                format!(
+                    "the header announces {declared} images of {h}x{w}, the files hold {available}: \
+                     not a complete Fashion-MNIST file (prepare it again with `cargo xtask data`)"
+                ),
+            ));
+        }
         Ok(Self(InMemory {
             name: format!("fashion-mnist {}", split.name()),
             shape: [h, w, 1],
             pixels: images.data,
             labels: labels.data,
             declared,
-            unreadable: (available..declared)
-                .map(|i| (i, problem.clone()))
-                .collect(),
+            unreadable: Default::default(),
+            missing_from: (available < declared).then_some((available, problem)),
             classes: FASHION_MNIST_CLASSES
                 .iter()
                 .map(|c| c.to_string())
@@ -306,6 +323,7 @@ impl Cifar {
             labels,
             declared,
             unreadable,
+            missing_from: None,
             classes,
         }))
     }
