@@ -22,7 +22,7 @@ pub fn ensure(dir: &Path, link: &Path, cuda: bool) -> Result<()> {
         std::fs::write(dir.join(MARKER), want.trim().to_string() + "\n")
             .with_context(|| format!("could not write {}", dir.join(MARKER).display()))?;
     }
-    crate::setup::link(link, dir)
+    crate::util::link(link, dir)
 }
 
 fn install(dir: &Path, cuda: bool) -> Result<()> {
@@ -91,7 +91,7 @@ fn install(dir: &Path, cuda: bool) -> Result<()> {
     if cuda {
         eprintln!("setup: CCCL's headers ({CCCL}) for the NCCL backend");
         let site = partial.join("cccl-site");
-        let out = crate::setup::pip_install_into(&site)
+        let out = crate::util::pip_install_into(&site)
             .arg("--no-deps")
             .arg(CCCL)
             .stdout(Stdio::null())

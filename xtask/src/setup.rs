@@ -97,7 +97,7 @@ fn libtorch(args: &SetupArgs) -> Result<Torch> {
     if args.force || !is_complete(&dir) {
         install(&dir)?;
     }
-    link(&root.join(".libtorch"), &dir.join("torch"))?;
+    util::link(&root.join(".libtorch"), &dir.join("torch"))?;
     eprintln!(
         "setup: libtorch {TORCH_VERSION} at {} (linked as .libtorch)",
         dir.join("torch").display()
@@ -163,7 +163,7 @@ fn install(dir: &Path) -> Result<()> {
         REQUIREMENTS.join(" "),
         dir.display()
     );
-    let output = pip_install_into(&partial)
+    let output = util::pip_install_into(&partial)
         .args(REQUIREMENTS)
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
@@ -190,21 +190,6 @@ fn install(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `python3 -m pip install` into the folder `target` (quiet, no cache); add packages.
-pub fn pip_install_into(target: &Path) -> Command {
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "pip",
-        "install",
-        "--no-input",
-        "--disable-pip-version-check",
-    ])
-    .args(["--no-cache-dir", "--progress-bar", "off", "--target"])
-    .arg(target);
-    cmd
 }
 
 /// One sentence for the usual reasons pip fails here.
@@ -279,26 +264,6 @@ fn python_torch_version() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Point `link` at `target`, replacing an older link, never a real folder.
-pub fn link(link: &Path, target: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(link) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            if std::fs::read_link(link)? == target {
-                return Ok(());
-            }
-            std::fs::remove_file(link)
-                .with_context(|| format!("could not replace the link {}", link.display()))?;
-        }
-        Ok(_) => bail!(
-            "{} exists and is not the link setup makes; move it away and rerun `cargo xtask setup`",
-            link.display()
-        ),
-        Err(_) => {}
-    }
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("could not link {} to {}", link.display(), target.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,20 +287,5 @@ mod tests {
         );
         assert!(msg.contains("/cache/basisnet"), "{msg}");
         assert!(msg.contains("BASISNET_TORCH_DIR"));
-    }
-
-    #[test]
-    fn link_refuses_to_replace_a_real_folder() {
-        let tmp = std::env::temp_dir().join(format!("xtask-link-{}", std::process::id()));
-        std::fs::create_dir_all(tmp.join("real")).unwrap();
-        let err = link(&tmp.join("real"), Path::new("/somewhere")).unwrap_err();
-        assert!(err.to_string().contains("is not the link setup makes"));
-        link(&tmp.join("made"), Path::new("/first")).unwrap();
-        link(&tmp.join("made"), Path::new("/second")).unwrap();
-        assert_eq!(
-            std::fs::read_link(tmp.join("made")).unwrap(),
-            Path::new("/second")
-        );
-        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

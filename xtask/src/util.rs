@@ -35,3 +35,58 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// `python3 -m pip install` into the folder `target` (quiet, no cache); add packages.
+pub fn pip_install_into(target: &Path) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--no-input",
+        "--disable-pip-version-check",
+    ])
+    .args(["--no-cache-dir", "--progress-bar", "off", "--target"])
+    .arg(target);
+    cmd
+}
+
+/// Point `link` at `target`, replacing an older link, never a real folder.
+pub fn link(link: &Path, target: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(link) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            if std::fs::read_link(link)? == target {
+                return Ok(());
+            }
+            std::fs::remove_file(link)
+                .with_context(|| format!("could not replace the link {}", link.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not the link setup makes; move it away and rerun `cargo xtask setup`",
+            link.display()
+        ),
+        Err(_) => {}
+    }
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("could not link {} to {}", link.display(), target.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_refuses_to_replace_a_real_folder() {
+        let tmp = std::env::temp_dir().join(format!("xtask-link-{}", std::process::id()));
+        std::fs::create_dir_all(tmp.join("real")).unwrap();
+        let err = link(&tmp.join("real"), Path::new("/somewhere")).unwrap_err();
+        assert!(err.to_string().contains("is not the link setup makes"));
+        link(&tmp.join("made"), Path::new("/first")).unwrap();
+        link(&tmp.join("made"), Path::new("/second")).unwrap();
+        assert_eq!(
+            std::fs::read_link(tmp.join("made")).unwrap(),
+            Path::new("/second")
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
+}

@@ -62,19 +62,19 @@ impl Strategy {
     /// `input_hw`, when the coefficients are one row for the batch (`shared_rows`) or not.
     ///
     /// The rule comes from `cargo bench -p basis-core` (MobileNetV3-Large layer shapes at
-    /// 224 px, N = 8, fp32, 2 threads; the table is in `docs/src/benchmarks.md`):
+    /// 224 px, N = 8, fp32); the measurements are in the benchmark report
+    /// (`docs/src/bench-report.md`, "basis-core: per-sample kernel strategies"):
     ///
-    /// - a 1x1 convolution on a batch of one: `BatchedMatmul` (one GEMM; libtorch's 1x1
-    ///   convolution was up to 1.5x slower on the 480->112 projection);
+    /// - a 1x1 convolution on a batch of one: `BatchedMatmul` (one GEMM, faster than
+    ///   libtorch's 1x1 convolution);
     /// - one coefficient row (or a batch of one): `Shared`, one kernel and one ordinary
-    ///   convolution, 1.00x to 1.19x the static layer at batch 32;
+    ///   convolution, close to the static layer;
     /// - a 1x1 kernel on a 1x1 input (linear layers, squeeze-excite convs): `MixOutputs`
-    ///   as one GEMM over all bases; at batch 32 on the 960->1280 head it took 8.6 ms where
-    ///   synthesizing 32 weight matrices took 75 to 81 ms;
+    ///   as one GEMM over all bases, where synthesizing a weight matrix per sample costs
+    ///   several times more;
     /// - other 1x1 kernels: `BatchedMatmul`, the fastest per-sample strategy on every
-    ///   pointwise shape measured (0.30x to 1.73x the static layer at batch 32);
-    /// - everything else, depthwise included: `GroupedConv` (1.6 ms against 5.8 ms per
-    ///   sample on the depthwise 5x5, 960 channels at 7x7, batch 32).
+    ///   pointwise shape;
+    /// - everything else, depthwise included: `GroupedConv`.
     ///
     /// `MixOutputs` on spatial layers costs `N` times the convolution and never won;
     /// `PerSample` is the reference.

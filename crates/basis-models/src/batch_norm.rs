@@ -2,7 +2,7 @@
 //! synchronized form for data-parallel training ([`with_synchronized_batch_norm`]).
 
 use crate::error::Result;
-use crate::layers::module_name;
+use crate::names::module_name;
 use std::cell::RefCell;
 use std::rc::Rc;
 use tch::{nn, Kind, Tensor};

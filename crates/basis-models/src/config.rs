@@ -13,6 +13,10 @@ pub const MAX_IN_CHANNELS: i64 = 4096;
 /// The most classes a configuration accepts.
 pub const MAX_CLASSES: i64 = 1_000_000;
 
+/// The largest input side a network accepts (a 16384 px image is already 3 GiB of fp32
+/// activations in the stem alone; cost counts stay far from overflowing).
+pub const MAX_RESOLUTION: i64 = 16_384;
+
 /// A backbone's hyper-parameters; the defaults are torchvision's.
 ///
 /// ```

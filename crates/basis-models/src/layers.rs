@@ -5,6 +5,7 @@
 use crate::arch::Act;
 use crate::batch_norm::{BatchNorm2d, BatchNormSpec};
 use crate::error::Result;
+use crate::names::module_name;
 use basis_core::{BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
 use tch::{nn, Tensor};
 
@@ -27,11 +28,6 @@ pub fn activate(mut x: Tensor, act: Option<Act>) -> Result<Tensor> {
 /// The coefficient vectors of one forward pass, `[B, N]` each (or `[1, N]` for one
 /// vector shared by the batch), indexed by the layers' `vector`.
 pub type CoefficientVectors<'a> = &'a [Tensor];
-
-/// The module path of `path` in its variable store (`features.0.0`).
-pub(crate) fn module_name(path: &nn::Path) -> String {
-    path.components().collect::<Vec<_>>().join(".")
-}
 
 /// `(N, vector)` of a basis layer, or `(1, None)` for a static one.
 fn split_basis(basis: Option<(i64, usize)>) -> (i64, Option<usize>) {

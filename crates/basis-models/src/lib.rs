@@ -18,6 +18,7 @@ mod error;
 mod layers;
 mod lightweight;
 mod mobilenet;
+mod names;
 pub mod presets;
 mod profile;
 mod specialize;
@@ -27,10 +28,12 @@ pub use arch::{make_divisible, Act, Arch};
 pub use basis::{BasisLayers, BasisSpec, CoefficientScope};
 pub use basisnet::{BasisNet, BasisNetConfig, BasisNetOutput, BasisNetProfile};
 pub use batch_norm::{with_synchronized_batch_norm, BatchNorm2d, BatchNormSpec, ReplicaSum};
-pub use config::{Layout, MobileNetConfig, MAX_CLASSES, MAX_IN_CHANNELS, MAX_WIDTH};
+pub use config::{
+    Layout, MobileNetConfig, MAX_CLASSES, MAX_IN_CHANNELS, MAX_RESOLUTION, MAX_WIDTH,
+};
 pub use early_exit::{EarlyExitOutput, ExitPoint, Stage};
 pub use error::{ModelError, Result};
 pub use lightweight::{Lightweight, LightweightOutput};
-pub use mobilenet::{MobileNet, MAX_RESOLUTION};
+pub use mobilenet::MobileNet;
 pub use profile::{Profile, ProfileRow, Totals};
 pub use walk::{LayerInfo, LayerKind};

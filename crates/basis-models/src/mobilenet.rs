@@ -9,15 +9,9 @@ use crate::basis::{BasisSpec, CoefficientScope, Site};
 use crate::config::{Layout, MobileNetConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{ConvBnAct, Linear, SqueezeExcite};
-use crate::profile::{Profile, ProfileRow};
-use crate::walk::Unit;
 use basis_core::{to_channels_last, Conv2dGeometry};
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};
-
-/// The largest input side a network accepts (a 16384 px image is already 3 GiB of fp32
-/// activations in the stem alone; cost counts stay far from overflowing).
-pub const MAX_RESOLUTION: i64 = 16_384;
 
 /// One inverted-residual block: expand (1x1), depthwise, squeeze-excite, project (1x1).
 #[derive(Debug)]
@@ -278,7 +272,7 @@ impl MobileNet {
             ));
         }
         Ok(Self {
-            prefix: crate::layers::module_name(path),
+            prefix: crate::names::module_name(path),
             config,
             spec,
             features,
@@ -427,78 +421,4 @@ impl MobileNet {
         }
         self.check_resolution(h.min(w))
     }
-
-    /// The smallest input side the network takes: each stride-2 layer must see at least
-    /// two pixels (17 px for every MobileNet: 17 -> 9 -> 5 -> 3 -> 2 -> 1).
-    pub fn min_resolution(&self) -> i64 {
-        let strides = self.stride2_layers();
-        (1i64 << (strides - 1)) + 1
-    }
-
-    fn stride2_layers(&self) -> u32 {
-        self.walk()
-            .iter()
-            .filter(
-                |s| matches!(s.unit, Unit::ConvBnAct(l) if l.conv.conv.geometry().stride[0] == 2),
-            )
-            .count() as u32
-    }
-
-    pub(crate) fn check_resolution(&self, side: i64) -> Result<()> {
-        if side > MAX_RESOLUTION {
-            return Err(ModelError::Config(format!(
-                "an input side of {side} px is refused: networks here take at most {MAX_RESOLUTION} px"
-            )));
-        }
-        let min = self.min_resolution();
-        if side < min {
-            return Err(ModelError::Resolution {
-                arch: self.config.arch.name().into(),
-                strides: self.stride2_layers(),
-                min,
-                found: side,
-            });
-        }
-        Ok(())
-    }
-
-    /// The per-layer cost table for `resolution x resolution` inputs.
-    pub fn profile(&self, resolution: i64) -> Result<Profile> {
-        self.check_resolution(resolution)?;
-        let mut rows = Vec::new();
-        let mut hw = (resolution, resolution);
-        for step in self.walk() {
-            let variables = step.variables();
-            let row = match step.unit {
-                Unit::ConvBnAct(layer) => {
-                    let g = *layer.conv.conv.geometry();
-                    let cost = layer.cost(hw)?;
-                    hw = g.output_hw(hw.0, hw.1)?;
-                    ProfileRow::new(step.role, conv_kind(&g), [g.out_channels, hw.0, hw.1], cost)
-                }
-                Unit::SqueezeExcite(conv) => {
-                    let out = conv.conv.geometry().out_channels;
-                    ProfileRow::new(step.role, "se 1x1".into(), [out, 1, 1], conv.cost((1, 1))?)
-                }
-                Unit::Linear(linear) => {
-                    let out = linear.linear.out_features();
-                    ProfileRow::new(step.role, "linear".into(), [out, 1, 1], linear.cost())
-                }
-            };
-            rows.push(row.with_variables(variables));
-        }
-        Ok(Profile::new(rows))
-    }
-}
-
-/// A short description of a convolution for the profile: `conv 3x3/2`, `dw 5x5`...
-fn conv_kind(g: &Conv2dGeometry) -> String {
-    let [kh, kw] = g.kernel_size;
-    let prefix = if g.is_depthwise() { "dw" } else { "conv" };
-    let stride = if g.stride[0] > 1 {
-        format!("/{}", g.stride[0])
-    } else {
-        String::new()
-    };
-    format!("{prefix} {kh}x{kw}{stride}")
 }

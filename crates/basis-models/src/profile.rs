@@ -1,6 +1,9 @@
 //! Per-layer cost tables: what [`crate::MobileNet::profile`] and the BasisNet profile return.
 
-use basis_core::LayerCost;
+use crate::error::Result;
+use crate::mobilenet::MobileNet;
+use crate::walk::Unit;
+use basis_core::{Conv2dGeometry, LayerCost};
 use serde::Serialize;
 
 /// One layer of a profile.
@@ -93,4 +96,46 @@ impl Profile {
         );
         out
     }
+}
+
+impl MobileNet {
+    /// The per-layer cost table for `resolution x resolution` inputs.
+    pub fn profile(&self, resolution: i64) -> Result<Profile> {
+        self.check_resolution(resolution)?;
+        let mut rows = Vec::new();
+        let mut hw = (resolution, resolution);
+        for step in self.walk() {
+            let variables = step.variables();
+            let row = match step.unit {
+                Unit::ConvBnAct(layer) => {
+                    let g = *layer.conv.conv.geometry();
+                    let cost = layer.cost(hw)?;
+                    hw = g.output_hw(hw.0, hw.1)?;
+                    ProfileRow::new(step.role, conv_kind(&g), [g.out_channels, hw.0, hw.1], cost)
+                }
+                Unit::SqueezeExcite(conv) => {
+                    let out = conv.conv.geometry().out_channels;
+                    ProfileRow::new(step.role, "se 1x1".into(), [out, 1, 1], conv.cost((1, 1))?)
+                }
+                Unit::Linear(linear) => {
+                    let out = linear.linear.out_features();
+                    ProfileRow::new(step.role, "linear".into(), [out, 1, 1], linear.cost())
+                }
+            };
+            rows.push(row.with_variables(variables));
+        }
+        Ok(Profile::new(rows))
+    }
+}
+
+/// A short description of a convolution for the profile: `conv 3x3/2`, `dw 5x5`...
+fn conv_kind(g: &Conv2dGeometry) -> String {
+    let [kh, kw] = g.kernel_size;
+    let prefix = if g.is_depthwise() { "dw" } else { "conv" };
+    let stride = if g.stride[0] > 1 {
+        format!("/{}", g.stride[0])
+    } else {
+        String::new()
+    };
+    format!("{prefix} {kh}x{kw}{stride}")
 }

@@ -4,6 +4,7 @@
 //! kind is one edit here.
 
 use crate::batch_norm::BatchNorm2d;
+use crate::config::MAX_RESOLUTION;
 use crate::error::{vector, ModelError, Result};
 use crate::layers::{Conv, ConvBnAct, Linear};
 use crate::mobilenet::{Feature, MobileNet};
@@ -128,6 +129,40 @@ fn conv_weighted(c: &Conv) -> Weighted<'_> {
 }
 
 impl MobileNet {
+    /// The smallest input side the network takes: each stride-2 layer must see at least
+    /// two pixels (17 px for every MobileNet: 17 -> 9 -> 5 -> 3 -> 2 -> 1).
+    pub fn min_resolution(&self) -> i64 {
+        let strides = self.stride2_layers();
+        (1i64 << (strides - 1)) + 1
+    }
+
+    fn stride2_layers(&self) -> u32 {
+        self.walk()
+            .iter()
+            .filter(
+                |s| matches!(s.unit, Unit::ConvBnAct(l) if l.conv.conv.geometry().stride[0] == 2),
+            )
+            .count() as u32
+    }
+
+    pub(crate) fn check_resolution(&self, side: i64) -> Result<()> {
+        if side > MAX_RESOLUTION {
+            return Err(ModelError::Config(format!(
+                "an input side of {side} px is refused: networks here take at most {MAX_RESOLUTION} px"
+            )));
+        }
+        let min = self.min_resolution();
+        if side < min {
+            return Err(ModelError::Resolution {
+                arch: self.config().arch.name().into(),
+                strides: self.stride2_layers(),
+                min,
+                found: side,
+            });
+        }
+        Ok(())
+    }
+
     /// Every layer in forward order.
     pub(crate) fn walk(&self) -> Vec<Step<'_>> {
         let step = |role: String, kind, unit| Step { role, kind, unit };
