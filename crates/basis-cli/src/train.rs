@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use basis_dist::ProcessGroup;
 use basis_train::data::Split;
 use basis_train::distributed;
-use basis_train::{eval_loader, evaluate, DistributedSection, Metrics, Recipe, Run, RunDir};
+use basis_train::{
+    eval_loader, evaluate, DistributedSection, Evaluation, Metrics, Recipe, Run, RunDir,
+};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +143,25 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Top-1 and multiply-adds of each stage (and of the EMA weights), one line each.
+fn print_stages(e: &Evaluation) {
+    if let Some(light) = e.light_top1 {
+        println!(
+            "lightweight model   top-1 {:>6.2}%   {:>12} MAdds",
+            100.0 * light,
+            e.light_madds
+        );
+    }
+    println!(
+        "specialist          top-1 {:>6.2}%   {:>12} MAdds (both stages)",
+        100.0 * e.specialist_top1,
+        e.full_madds
+    );
+    if let Some(ema) = e.ema_specialist_top1 {
+        println!("EMA specialist      top-1 {:>6.2}%", 100.0 * ema);
+    }
+}
+
 /// The lightweight, specialist and early-exit figures of a finished run, with the
 /// operating point within half a point of the specialist.
 fn print_summary(m: &Metrics) {
@@ -152,21 +173,7 @@ fn print_summary(m: &Metrics) {
         100.0 * m.best_top1,
         m.best_epoch
     );
-    if let Some(light) = e.light_top1 {
-        println!(
-            "lightweight model   top-1 {:>6.2}%   {:>12} MAdds",
-            100.0 * light,
-            e.light_madds
-        );
-    }
-    println!(
-        "specialist          top-1 {:>6.2}%   {:>12} MAdds",
-        100.0 * e.specialist_top1,
-        e.full_madds
-    );
-    if let Some(ema) = e.ema_specialist_top1 {
-        println!("EMA specialist      top-1 {:>6.2}%", 100.0 * ema);
-    }
+    print_stages(e);
     if let Some(p) = e.operating_point(0.005) {
         println!(
             "early exit (t={})  top-1 {:>6.2}%   {:>12.0} MAdds on average, {:.1}% exit",
@@ -226,21 +233,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     } else if args.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {
-        if let Some(l) = e.light_top1 {
-            println!(
-                "lightweight top-1 {:.2}% ({} MAdds)",
-                100.0 * l,
-                e.light_madds
-            );
-        }
-        println!(
-            "specialist  top-1 {:.2}% ({} MAdds with both stages)",
-            100.0 * e.specialist_top1,
-            e.full_madds
-        );
-        if let Some(m) = e.ema_specialist_top1 {
-            println!("EMA specialist top-1 {:.2}%", 100.0 * m);
-        }
+        print_stages(&e);
         for p in &e.early_exit {
             println!(
                 "threshold {:.2}: exit {:.1}%, top-1 {:.2}%, {:.0} MAdds on average",
