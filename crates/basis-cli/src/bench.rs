@@ -1,9 +1,9 @@
 //! `basisnet benchmark`: inference throughput of one model, batch size, precision and
 //! device, as `cargo xtask bench` runs it side by side with `scripts/inference_bench.py`.
 
-use crate::device::{total_memory, DeviceChoice};
 use anyhow::{bail, Context, Result};
 use basis_models::{checkpoint, presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
+use basis_train::DeviceChoice;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::path::PathBuf;
@@ -45,8 +45,8 @@ pub struct BenchArgs {
     /// Precision.
     #[arg(long, value_enum, default_value = "f32")]
     precision: Precision,
-    /// Where to run (auto: CUDA when available).
-    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    /// Where to run: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Timed batches (after the warm-up).
     #[arg(long, default_value_t = 10)]
@@ -104,6 +104,14 @@ impl Net {
     }
 }
 
+/// The machine's memory in bytes (`MemTotal`), on Linux.
+pub fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 fn sync(device: Device) {
     if let Device::Cuda(i) = device {
         tch::Cuda::synchronize(i as i64);
@@ -139,7 +147,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             bail!("{} already exists; not overwriting it", path.display());
         }
     }
-    let device = args.device.resolve()?;
+    let device = args.device.resolve(None)?;
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let (net, params, madds) = match args.model {

@@ -4,15 +4,16 @@ use crate::weights::Which;
 use anyhow::{bail, Context, Result};
 use basis_models::{checkpoint, Stage};
 use basis_train::data::{decode, normalize_into, transform, Split};
-use basis_train::{eval_loader, evaluate, LoadedRun, Model, Recipe, RunDir};
+use basis_train::{eval_loader, evaluate, DeviceChoice, LoadedRun, Model, Recipe, RunDir};
 use clap::Args;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
-/// Open the run in `dir` with its `which` weights.
-pub fn load_run(dir: &Path, which: Which) -> Result<LoadedRun> {
-    Ok(RunDir::new(dir).load(which.into())?)
+/// Open the run in `dir` with its `which` weights on `device`.
+pub fn load_run(dir: &Path, which: Which, device: DeviceChoice) -> Result<LoadedRun> {
+    let device = device.resolve(None)?;
+    Ok(RunDir::new(dir).load(which.into(), device)?)
 }
 
 /// The class names of a run's dataset.
@@ -24,9 +25,13 @@ fn class_names(recipe: &Recipe) -> Result<Vec<String>> {
         .to_vec())
 }
 
-/// `[N, C, H, W]` tensors for image files through the run's evaluation transforms: the
-/// low-resolution copies (a BasisNet only) and the full-resolution images.
-fn images(paths: &[PathBuf], recipe: &Recipe) -> Result<(Option<Tensor>, Tensor)> {
+/// `[N, C, H, W]` tensors on `device` for image files through the run's evaluation
+/// transforms: the low-resolution copies (a BasisNet only) and the full-resolution images.
+fn images(
+    paths: &[PathBuf],
+    recipe: &Recipe,
+    device: tch::Device,
+) -> Result<(Option<Tensor>, Tensor)> {
     let augment = recipe.transforms()?;
     let channels = recipe.in_channels()?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -46,8 +51,10 @@ fn images(paths: &[PathBuf], recipe: &Recipe) -> Result<(Option<Tensor>, Tensor)
             light.push(tensor(l));
         }
     }
-    let light = (!light.is_empty()).then(|| Tensor::cat(&light, 0));
-    Ok((light, Tensor::cat(&full, 0)))
+    let light = (!light.is_empty())
+        .then(|| Tensor::f_cat(&light, 0)?.f_to_device(device))
+        .transpose()?;
+    Ok((light, Tensor::f_cat(&full, 0)?.f_to_device(device)?))
 }
 
 #[derive(Args)]
@@ -64,6 +71,9 @@ pub struct PredictArgs {
     /// Which weights of the run.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     which: Which,
+    /// Where to compute: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// Early-exit threshold on the lightweight model's max probability.
     #[arg(long, default_value_t = 0.9)]
     threshold: f64,
@@ -73,9 +83,9 @@ pub struct PredictArgs {
 }
 
 pub fn predict(args: &PredictArgs) -> Result<()> {
-    let run = load_run(&args.checkpoint, args.which)?;
+    let run = load_run(&args.checkpoint, args.which, args.device)?;
     let classes = class_names(&run.recipe)?;
-    let (light, full) = images(&args.images, &run.recipe)?;
+    let (light, full) = images(&args.images, &run.recipe, run.model.device())?;
     let _guard = tch::no_grad_guard();
     let (logits, stages, madds): (Tensor, Vec<&str>, Vec<i64>) = match &run.model {
         Model::BasisNet(net) => {
@@ -158,6 +168,9 @@ pub struct SpecializeArgs {
     /// Which weights of the run.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     which: Which,
+    /// Where to compute: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// Take the coefficients the lightweight model gives this image.
     #[arg(
         long,
@@ -180,7 +193,7 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let run = load_run(&args.checkpoint, args.which)?;
+    let run = load_run(&args.checkpoint, args.which, args.device)?;
     let Model::BasisNet(net) = &run.model else {
         bail!(
             "{} holds a static network; there is nothing to specialize",
@@ -191,7 +204,7 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
     let n = net.config().basis.num_bases as usize;
     let coefficients: Vec<Tensor> = match (&args.image, &args.coefficients) {
         (Some(image), _) => {
-            let (light, _) = images(std::slice::from_ref(image), &run.recipe)?;
+            let (light, _) = images(std::slice::from_ref(image), &run.recipe, run.model.device())?;
             let light = light.context("a BasisNet's transforms make the low-resolution copy")?;
             let out = tch::no_grad(|| net.lightweight().forward_t(&light, false))?;
             out.coefficients.iter().map(|c| c.get(0)).collect()
@@ -205,7 +218,11 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
             }
             values
                 .chunks(n)
-                .map(|c| Tensor::from_slice(c).to_kind(Kind::Float))
+                .map(|c| {
+                    Tensor::from_slice(c)
+                        .to_kind(Kind::Float)
+                        .to_device(run.model.device())
+                })
                 .collect()
         }
         (None, None) => bail!("give --image or --coefficients"),
@@ -237,6 +254,9 @@ pub struct CalibrateArgs {
     /// Which weights of the run.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     which: Which,
+    /// Where to compute: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// Largest accepted top-1 drop from the specialist (fraction: 0.005 = half a point).
     #[arg(long, conflicts_with = "madds_budget")]
     max_drop: Option<f64>,
@@ -249,7 +269,7 @@ pub struct CalibrateArgs {
 }
 
 pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
-    let run = load_run(&args.checkpoint, args.which)?;
+    let run = load_run(&args.checkpoint, args.which, args.device)?;
     if matches!(run.model, Model::Static(_)) {
         bail!(
             "{} holds a static network; early exit needs a BasisNet",

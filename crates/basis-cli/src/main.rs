@@ -3,7 +3,6 @@
 mod bench;
 mod compare;
 mod deploy;
-mod device;
 mod profile;
 mod progress;
 mod train;

@@ -6,9 +6,7 @@ use anyhow::{bail, Context, Result};
 use basis_dist::ProcessGroup;
 use basis_train::data::Split;
 use basis_train::distributed;
-use basis_train::{
-    eval_loader, evaluate, DistributedSection, Evaluation, Metrics, Recipe, Run, RunDir,
-};
+use basis_train::{eval_loader, evaluate, DeviceChoice, Evaluation, Metrics, Recipe, Run, RunDir};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +40,10 @@ pub struct TrainArgs {
     /// Print the final metrics as JSON.
     #[arg(long)]
     json: bool,
+    /// Where to train: auto (CUDA when available), cpu, cuda or cuda:N (overrides
+    /// train.device; with --resume, continues the run there).
+    #[arg(long)]
+    device: Option<DeviceChoice>,
     /// Data-parallel training: join the job this process was started in (torchrun
     /// --no-python, srun, or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT set by hand); rank 0
     /// writes the run directory.
@@ -50,14 +52,14 @@ pub struct TrainArgs {
 }
 
 /// The process group of a `--distributed` run, from the launcher's variables.
-fn join(args: &TrainArgs, config: &DistributedSection) -> Result<Option<Arc<ProcessGroup>>> {
+fn join(args: &TrainArgs, recipe: &Recipe) -> Result<Option<Arc<ProcessGroup>>> {
     if !args.distributed {
         return Ok(None);
     }
     if args.resume.is_none() && args.out.is_none() {
         bail!("--distributed needs --out: every rank must name the same run directory");
     }
-    match distributed::join_from_env(config)? {
+    match distributed::join_from_env(recipe)? {
         Some(group) => Ok(Some(group)),
         None => bail!(
             "--distributed found no launcher: run under `torchrun --no-python`, under `srun`, \
@@ -74,14 +76,17 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 dir.display()
             );
         }
-        let saved = RunDir::new(dir)
+        let mut saved = RunDir::new(dir)
             .read_recipe()
             .with_context(|| format!("resuming {}", dir.display()))?;
-        match join(args, &saved.distributed)? {
-            Some(group) => Run::resume_distributed(dir, group),
-            None => Run::resume(dir),
+        if let Some(device) = args.device {
+            saved.train.device = device;
         }
-        .with_context(|| format!("resuming {}", dir.display()))?
+        // A device that cannot be had is refused before the ranks meet.
+        saved.train.device.resolve(None)?;
+        let group = join(args, &saved)?;
+        Run::resume_with(dir, group, args.device)
+            .with_context(|| format!("resuming {}", dir.display()))?
     } else {
         let mut recipe = Recipe::load(&args.recipe)?.with_overrides(&args.set)?;
         if args.baseline {
@@ -92,6 +97,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         if args.strict {
             recipe.data.strict = true;
+        }
+        if let Some(device) = args.device {
+            recipe.train.device = device;
         }
         let out = args.out.clone().unwrap_or_else(|| {
             let kind = if recipe.model.baseline {
@@ -108,9 +116,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 std::process::id()
             ))
         });
-        // Refuse a bad recipe before meeting the other ranks.
+        // Refuse a bad recipe or a device that cannot be had before meeting the other
+        // ranks and before the run directory is made.
         recipe.validate()?;
-        match join(args, &recipe.distributed)? {
+        recipe.train.device.resolve(None)?;
+        match join(args, &recipe)? {
             Some(group) => {
                 if group.is_main() {
                     eprintln!(
@@ -196,6 +206,9 @@ pub struct EvalArgs {
     /// Which weights of the run.
     #[arg(long, value_enum, default_value_t = Which::Best)]
     which: Which,
+    /// Where to evaluate: auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
     /// Early-exit thresholds (default: the recipe's).
     #[arg(long, value_delimiter = ',')]
     thresholds: Option<Vec<f64>>,
@@ -208,7 +221,8 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let run = crate::deploy::load_run(&args.checkpoint, args.which)?;
+    let device = args.device.resolve(None)?;
+    let run = RunDir::new(&args.checkpoint).load_with_ema(args.which.into(), device)?;
     let recipe = &run.recipe;
     let loader = eval_loader(recipe, Split::Test)?;
     let thresholds = args

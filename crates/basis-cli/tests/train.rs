@@ -225,6 +225,23 @@ fn bad_recipes_and_checkpoints_are_one_sentence_and_a_failure() {
         !ok && err.contains("key train.lr: unknown field `lr`"),
         "{err}"
     );
+    // A device that cannot be had is one sentence, before the run directory exists.
+    if !tch::Cuda::is_available() {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-no-cuda");
+        let _ = std::fs::remove_dir_all(&out);
+        let o = out.to_str().unwrap();
+        let (ok, _, err) = basisnet(&["train", "--device", "cuda", "--out", o]);
+        assert!(!ok && err.contains("libtorch sees no CUDA device"), "{err}");
+        assert!(!out.exists(), "the run directory was created");
+        let (ok, _, err) = basisnet(&["train", "--set", "train.device=\"cuda:1\"", "--out", o]);
+        assert!(!ok && err.contains("no CUDA device"), "{err}");
+        assert!(!out.exists());
+    }
+    let (ok, _, err) = basisnet(&["train", "--device", "tpu", "--out", "/nonexistent/x"]);
+    assert!(
+        !ok && err.contains("expected a device auto, cpu, cuda or cuda:N, found \"tpu\""),
+        "{err}"
+    );
     let (ok, _, err) = basisnet(&["train", "--recipe", "nope", "--out", "/nonexistent/x"]);
     assert!(
         !ok && err

@@ -95,6 +95,7 @@ pub struct ProcessGroup {
     id: i64,
     _store: StoreHandle,
     rank: usize,
+    local_rank: usize,
     world_size: usize,
     backend: Backend,
     timeout: Duration,
@@ -192,6 +193,7 @@ impl ProcessGroup {
             id,
             _store: store,
             rank: launch.rank,
+            local_rank: launch.local_rank,
             world_size: launch.world_size,
             backend: options.backend,
             timeout: options.timeout,
@@ -224,6 +226,11 @@ impl ProcessGroup {
     /// This process's rank.
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    /// This process's rank among those of its machine (which GPU it takes).
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
     }
 
     /// Number of processes.

@@ -37,12 +37,14 @@ pub fn write_with(
         let file = writer.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        // The rename itself is durable once the folder is.
+        // The rename itself is durable once the folder is; a file system that cannot sync
+        // a folder still has the new file in place, so that is not a failure.
         let folder = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        File::open(folder)?.sync_all()
+        let _ = File::open(folder).and_then(|f| f.sync_all());
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -233,29 +233,29 @@ impl MobileNet {
             .collect()
     }
 
-    /// Every weighted layer and batch norm, by module path relative to the network
-    /// (torchvision's names whatever path the network was built under).
-    pub(crate) fn parts(&self) -> BTreeMap<String, Part<'_>> {
-        let mut out = BTreeMap::new();
+    /// Every weighted layer and batch norm in forward order, with its module path relative
+    /// to the network (torchvision's names whatever path the network was built under).
+    pub(crate) fn parts(&self) -> Vec<(String, Part<'_>)> {
+        let mut out = Vec::new();
         for step in self.walk() {
             let w = step.weighted();
-            out.insert(self.relative(w.name).to_string(), Part::Weighted(w));
+            out.push((self.relative(w.name).to_string(), Part::Weighted(w)));
             if let Some(n) = step.norm() {
-                out.insert(self.relative(n.name()).to_string(), Part::Norm(n));
+                out.push((self.relative(n.name()).to_string(), Part::Norm(n)));
             }
         }
         out
     }
 
-    /// Visit the parts of this network with the parts of the same name in `other`: a
-    /// network built from the same configuration has the same names; any other is an error
-    /// naming the first part without a counterpart.
+    /// Visit the parts of this network in forward order with the parts of the same name in
+    /// `other`: a network built from the same configuration has the same names; any other
+    /// is an error naming the first part without a counterpart.
     pub(crate) fn with_counterparts(
         &self,
         other: &MobileNet,
         mut f: impl FnMut(Part<'_>, Part<'_>) -> Result<()>,
     ) -> Result<()> {
-        let mut theirs = other.parts();
+        let mut theirs: BTreeMap<String, Part<'_>> = other.parts().into_iter().collect();
         for (name, mine) in self.parts() {
             let counterpart = theirs.remove(&name).ok_or_else(|| {
                 ModelError::Config(format!(

@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Everything a finished run holds is typed: metrics.json, checkpoints, the recipe.
     let dir = RunDir::new(&summary.dir);
     let metrics = dir.read_metrics()?;
-    let best = dir.load(Checkpoint::Best)?;
+    let best = dir.load(Checkpoint::Best, run.device())?;
     println!(
         "specialist top-1 {:.2}% (best epoch {}), {} MAdds; {} variables in the best weights",
         100.0 * metrics.evaluation.specialist_top1,

@@ -6,7 +6,7 @@
 //! ([`BatchNormMode::Sync`]).
 
 use crate::error::TrainError;
-use crate::recipe::{BatchNormMode, DistributedSection};
+use crate::recipe::{BatchNormMode, DistributedSection, Recipe};
 use basis_dist::{OverlappingBuckets, ProcessGroup};
 use basis_models::ReplicaSum;
 use std::sync::Arc;
@@ -164,13 +164,18 @@ impl DataParallel {
 }
 
 /// Join the job this process was started in (torchrun, srun, or RANK/WORLD_SIZE/
-/// MASTER_ADDR/MASTER_PORT): `Ok(None)` when no launcher variables are set.
-pub fn join_from_env(config: &DistributedSection) -> Result<Option<Arc<ProcessGroup>>, TrainError> {
+/// MASTER_ADDR/MASTER_PORT) to train `recipe`: `Ok(None)` when no launcher variables are
+/// set. The backend follows the rank's device (`train.device` at its local rank): NCCL on
+/// a GPU when this build carries it, else Gloo; a device that cannot be had is an error
+/// before the rank meets the others.
+pub fn join_from_env(recipe: &Recipe) -> Result<Option<Arc<ProcessGroup>>, TrainError> {
     let Some(launch) = Launch::from_env()? else {
         return Ok(None);
     };
+    let device = recipe.train.device.resolve(Some(launch.local_rank))?;
     let options = GroupOptions {
-        timeout: std::time::Duration::from_secs_f64(config.timeout_s),
+        backend: Backend::default_for(device),
+        timeout: std::time::Duration::from_secs_f64(recipe.distributed.timeout_s),
         ..GroupOptions::default()
     };
     Ok(Some(Arc::new(ProcessGroup::init(&launch, &options)?)))

@@ -18,6 +18,9 @@ pub enum TrainError {
     /// The model or a checkpoint.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A device that cannot be had (CUDA asked for where there is none).
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
     /// libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -9,7 +9,6 @@ use crate::model::Model;
 use crate::recipe::Recipe;
 use basis_models::early_exit::{self, ExitOutcomes, ExitPoint};
 use serde::{Deserialize, Serialize};
-use tch::Device;
 
 /// An evaluation of a model on a test set.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -81,7 +80,8 @@ pub fn eval_loader(recipe: &Recipe, split: Split) -> Result<Loader, TrainError> 
 }
 
 /// Evaluate `model` (and `ema`, its moving average) on `loader`, with the early-exit curve
-/// over `thresholds`; `resolution` is the static network's input size.
+/// over `thresholds`; `resolution` is the static network's input size. Batches go to the
+/// model's device; the counts come back to the host once a batch.
 pub fn evaluate(
     model: &Model,
     ema: Option<&Model>,
@@ -97,8 +97,9 @@ pub fn evaluate(
     );
     let mut outcomes = ExitOutcomes::default();
     let mut coefficient_stats = CoefficientAccumulator::default();
+    let device = model.device();
     for batch in loader.epoch(0) {
-        let batch = batch?.to_tensors(Device::Cpu)?;
+        let batch = batch?.to_tensors(device)?;
         let out = model.forward_t(&batch, false)?;
         if let Some(alpha) = out.coefficients.first() {
             coefficient_stats.add(alpha, &batch.labels)?;

@@ -1,5 +1,5 @@
 //! Training BasisNet models, one module a concept: datasets and the input pipeline
-//! ([`data`]), recipes ([`recipe`]), the model being trained ([`model`]), the joint loss
+//! ([`data`]), recipes ([`recipe`]), devices ([`device`]), the model being trained ([`model`]), the joint loss
 //! ([`loss`], [`teacher`]), optimizers ([`optim`]) and schedules ([`schedule`]),
 //! evaluation ([`evaluation`], [`metrics`]), the run directory ([`run_dir`]), progress
 //! reports ([`progress`]), data parallelism ([`distributed`]) and the loop ([`run`]).
@@ -27,6 +27,7 @@
 //! ```
 
 pub mod data;
+pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod evaluation;
@@ -43,6 +44,7 @@ pub mod schedule;
 pub mod teacher;
 
 pub use basis_models::ExitPoint;
+pub use device::DeviceChoice;
 pub use error::TrainError;
 pub use evaluation::{eval_loader, evaluate, Evaluation};
 pub use loss::{distillation, joint_loss};

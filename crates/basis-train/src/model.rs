@@ -65,6 +65,14 @@ impl Model {
         })
     }
 
+    /// The device its variables live on.
+    pub fn device(&self) -> tch::Device {
+        match self {
+            Model::BasisNet(net) => net.specialist().device(),
+            Model::Static(net) => net.device(),
+        }
+    }
+
     /// Whether this is a BasisNet (with a lightweight stage and early exit).
     pub fn is_basisnet(&self) -> bool {
         matches!(self, Model::BasisNet(_))

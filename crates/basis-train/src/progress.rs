@@ -4,13 +4,15 @@
 use crate::evaluation::Evaluation;
 use std::fmt;
 
-/// Receives a run's progress (on rank 0 only, in a data-parallel run).
+/// Receives a run's progress. In a data-parallel run, steps and epochs reach rank 0's
+/// observer only; every rank reports the bad samples of its own part of the data.
 pub trait Observer {
     /// After each optimizer step.
     fn step(&mut self, _progress: &StepProgress) {}
     /// After each epoch's evaluation and checkpoint.
     fn epoch(&mut self, _result: &EpochResult) {}
-    /// The input pipeline's account of an epoch, when it skipped bad samples.
+    /// The input pipeline's account of an epoch, when it skipped bad samples (prefixed
+    /// with the rank in a data-parallel run).
     fn data(&mut self, _epoch: usize, _summary: &str) {}
 }
 

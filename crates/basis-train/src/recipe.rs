@@ -138,14 +138,16 @@ impl Recipe {
             }
         }
         let path = Path::new(raw);
-        if !path.exists() {
-            return Err(RecipeError::Invalid(format!(
-                "{} is neither a shipped recipe ({}) nor a recipe file",
-                path.display(),
-                Self::preset_names().join(", ")
-            )));
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(RecipeError::Invalid(format!(
+                    "{} is neither a shipped recipe ({}) nor a recipe file",
+                    path.display(),
+                    Self::preset_names().join(", ")
+                )))
+            }
+            _ => Self::from_file(path),
         }
-        Self::from_file(path)
     }
 
     /// Apply `key=value` overrides (`train.epochs=3`, `optim.name="adamw"`; a value that

@@ -4,6 +4,7 @@
 //! from its `last` checkpoint exactly as if it had never stopped.
 
 use crate::data::{Batch, Loader, LoaderConfig, Shard, Split};
+use crate::device::DeviceChoice;
 use crate::distributed::DataParallel;
 use crate::error::TrainError;
 use crate::evaluation::{eval_loader, evaluate, Evaluation};
@@ -37,6 +38,7 @@ pub struct Run {
     teacher: Option<Teacher>,
     parallel: Option<DataParallel>,
     observer: Box<dyn Observer>,
+    device: Device,
 }
 
 /// What a finished run reports.
@@ -83,6 +85,11 @@ impl Run {
                 )));
             }
         }
+        // A device that cannot be had is refused before anything is created.
+        recipe
+            .train
+            .device
+            .resolve(group.as_ref().map(|g| g.local_rank()))?;
         let main = group.as_ref().is_none_or(|g| g.is_main());
         let run_dir = RunDir::new(dir);
         if run_dir.holds_run() {
@@ -104,18 +111,28 @@ impl Run {
 
     /// Resume the run in `dir` from its `last` checkpoint.
     pub fn resume(dir: &Path) -> Result<Self, TrainError> {
-        Self::reopen(dir, None)
+        Self::resume_with(dir, None, None)
     }
 
     /// Resume a data-parallel run: every rank reads the run directory (a folder all ranks
     /// see), then takes rank 0's weights.
     pub fn resume_distributed(dir: &Path, group: Arc<ProcessGroup>) -> Result<Self, TrainError> {
-        Self::reopen(dir, Some(group))
+        Self::resume_with(dir, Some(group), None)
     }
 
-    fn reopen(dir: &Path, group: Option<Arc<ProcessGroup>>) -> Result<Self, TrainError> {
+    /// Resume the run in `dir`, data-parallel when `group` is given, on `device` when given
+    /// instead of the recipe's `train.device` (checkpoints are device-independent: a run
+    /// trained on a GPU resumes on the CPU and the other way round).
+    pub fn resume_with(
+        dir: &Path,
+        group: Option<Arc<ProcessGroup>>,
+        device: Option<DeviceChoice>,
+    ) -> Result<Self, TrainError> {
         let run_dir = RunDir::new(dir);
-        let recipe = run_dir.read_recipe()?;
+        let mut recipe = run_dir.read_recipe()?;
+        if let Some(device) = device {
+            recipe.train.device = device;
+        }
         let files = run_dir.checkpoint(Checkpoint::Last);
         let state = run_dir.read_state(Checkpoint::Last)?;
         let mut run = Self::build(recipe, run_dir, group)?;
@@ -163,16 +180,20 @@ impl Run {
         dir: RunDir,
         group: Option<Arc<ProcessGroup>>,
     ) -> Result<Self, TrainError> {
+        let device = recipe
+            .train
+            .device
+            .resolve(group.as_ref().map(|g| g.local_rank()))?;
         if recipe.train.threads > 0 {
             tch::set_num_threads(recipe.train.threads as i32);
         }
         tch::manual_seed(recipe.train.seed as i64);
         let resolution = recipe.basisnet()?.resolution;
-        let vs = nn::VarStore::new(Device::Cpu);
+        let vs = nn::VarStore::new(device);
         let model = Model::build(&vs.root(), &recipe)?;
         let ema = match recipe.train.ema_decay {
             Some(decay) => {
-                let ema_vs = nn::VarStore::new(Device::Cpu);
+                let ema_vs = nn::VarStore::new(device);
                 let ema_model = Model::build(&ema_vs.root(), &recipe)?;
                 let ema = Ema::new(&vs, &ema_vs, decay).map_err(TrainError::Run)?;
                 Some((ema_vs, ema_model, ema))
@@ -209,7 +230,7 @@ impl Run {
             .loss
             .teacher
             .as_deref()
-            .map(Teacher::load)
+            .map(|path| Teacher::load(path, device))
             .transpose()?;
         let state = TrainerState {
             epoch: 0,
@@ -235,7 +256,13 @@ impl Run {
             teacher,
             parallel,
             observer: Box::new(Silent),
+            device,
         })
+    }
+
+    /// The device the run trains on.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// The recipe being trained.
@@ -314,7 +341,7 @@ impl Run {
         let (mut loss_sum, mut seen, mut averaging, mut lr) = (0.0, 0usize, 0.0, 0.0);
         let mut batches = self.train.epoch(epoch as u64);
         for (i, batch) in batches.by_ref().enumerate() {
-            let batch = batch?.to_tensors(Device::Cpu)?;
+            let batch = batch?.to_tensors(self.device)?;
             let progress = epoch as f64 + i as f64 / steps as f64;
             lr = learning_rate(
                 &self.recipe.schedule,
@@ -362,10 +389,13 @@ impl Run {
                 });
             }
         }
+        // Every rank reads its own part of the data: each reports its bad samples.
         if let Some(summary) = batches.report().summary() {
-            if main {
-                self.observer.data(epoch + 1, &summary);
-            }
+            let summary = match world {
+                1 => summary,
+                _ => format!("rank {rank}: {summary}"),
+            };
+            self.observer.data(epoch + 1, &summary);
         }
         drop(batches);
         if let Some(p) = &self.parallel {

@@ -113,7 +113,7 @@ pub struct LoadedRun {
     pub vs: nn::VarStore,
     /// The model with the checkpoint's weights.
     pub model: Model,
-    /// The EMA weights of the same checkpoint, when the run kept them.
+    /// The EMA weights of the same checkpoint ([`RunDir::load_with_ema`]).
     pub ema: Option<(nn::VarStore, Model)>,
 }
 
@@ -271,9 +271,9 @@ impl RunDir {
         Ok(text)
     }
 
-    /// Open the run with the weights of `checkpoint` (and its EMA weights when the run
-    /// kept them), on the CPU.
-    pub fn load(&self, checkpoint: Checkpoint) -> Result<LoadedRun, TrainError> {
+    /// Open the run with the weights of `checkpoint` on `device`, whatever device it was
+    /// trained on (checkpoints hold CPU tensors).
+    pub fn load(&self, checkpoint: Checkpoint, device: Device) -> Result<LoadedRun, TrainError> {
         let recipe = self.read_recipe()?;
         let files = self.checkpoint(checkpoint);
         if !files.weights.exists() {
@@ -283,24 +283,41 @@ impl RunDir {
                 files.weights.display()
             )));
         }
-        let build = |path: &Path| -> Result<(nn::VarStore, Model), TrainError> {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let model = Model::build(&vs.root(), &recipe)?;
-            checkpoint::load(&vs, path)?;
-            Ok((vs, model))
-        };
-        let (vs, model) = build(&files.weights)?;
-        let ema = match files.ema.exists() {
-            true => Some(build(&files.ema)?),
-            false => None,
-        };
+        let (vs, model) = build(&recipe, &files.weights, device)?;
         Ok(LoadedRun {
             recipe,
             vs,
             model,
-            ema,
+            ema: None,
         })
     }
+
+    /// [`RunDir::load`], with the EMA weights of the same checkpoint when the run kept
+    /// them (what `eval` reports beside the weights themselves).
+    pub fn load_with_ema(
+        &self,
+        checkpoint: Checkpoint,
+        device: Device,
+    ) -> Result<LoadedRun, TrainError> {
+        let mut run = self.load(checkpoint, device)?;
+        let ema = self.checkpoint(checkpoint).ema;
+        if ema.exists() {
+            run.ema = Some(build(&run.recipe, &ema, device)?);
+        }
+        Ok(run)
+    }
+}
+
+/// The model of `recipe` on `device` with the weights of `path`.
+fn build(
+    recipe: &Recipe,
+    path: &Path,
+    device: Device,
+) -> Result<(nn::VarStore, Model), TrainError> {
+    let vs = nn::VarStore::new(device);
+    let model = Model::build(&vs.root(), recipe)?;
+    checkpoint::load(&vs, path)?;
+    Ok((vs, model))
 }
 
 /// Write `bytes` to `path` atomically, naming the file in an error.
@@ -382,13 +399,21 @@ mod tests {
     #[test]
     fn opening_what_is_not_a_run_names_what_is_missing() {
         let run = scratch("empty");
-        let err = run.load(Checkpoint::Best).err().unwrap().to_string();
+        let err = run
+            .load(Checkpoint::Best, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("is not a run directory (no recipe.toml)"),
             "{err}"
         );
         run.write_recipe(&Recipe::default()).unwrap();
-        let err = run.load(Checkpoint::Best).err().unwrap().to_string();
+        let err = run
+            .load(Checkpoint::Best, Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("has no best checkpoint"), "{err}");
         std::fs::remove_dir_all(run.path()).unwrap();
     }

@@ -4,7 +4,7 @@ use crate::data::Batch;
 use crate::error::TrainError;
 use crate::run_dir::{Checkpoint, LoadedRun, RunDir};
 use std::path::Path;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// A distillation teacher: one of our runs, or a TorchScript module.
 pub enum Teacher {
@@ -15,14 +15,14 @@ pub enum Teacher {
 }
 
 impl Teacher {
-    /// Load a run directory (its `best` weights) or a TorchScript file.
-    pub fn load(path: &Path) -> Result<Self, TrainError> {
+    /// Load a run directory (its `best` weights) or a TorchScript file onto `device`.
+    pub fn load(path: &Path, device: Device) -> Result<Self, TrainError> {
         if path.is_dir() {
             Ok(Teacher::Run(Box::new(
-                RunDir::new(path).load(Checkpoint::Best)?,
+                RunDir::new(path).load(Checkpoint::Best, device)?,
             )))
         } else {
-            let mut module = tch::CModule::load(path).map_err(|e| {
+            let mut module = tch::CModule::load_on_device(path, device).map_err(|e| {
                 TrainError::Run(format!(
                     "{}: not a run directory nor a TorchScript module ({e})",
                     path.display()

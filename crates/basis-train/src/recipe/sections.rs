@@ -1,6 +1,7 @@
 //! The sections of a [`super::Recipe`], one struct each with its defaults: the model, the
 //! loss, the optimizer, the schedule, the run and data-parallel training.
 
+use crate::device::DeviceChoice;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -213,6 +214,9 @@ pub struct TrainSection {
     pub threads: usize,
     /// Log a line every this many steps when not on a terminal.
     pub log_every: usize,
+    /// Where to train: `auto` (CUDA when libtorch sees a GPU, else the CPU), `cpu`,
+    /// `cuda` or `cuda:N`; a data-parallel rank takes the GPU of its local rank.
+    pub device: DeviceChoice,
 }
 
 impl Default for TrainSection {
@@ -227,6 +231,7 @@ impl Default for TrainSection {
             exit_thresholds: vec![0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.01],
             threads: 0,
             log_every: 50,
+            device: DeviceChoice::Auto,
         }
     }
 }
