@@ -86,7 +86,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         args.recipe,
         out.display()
     );
-    // `basisnet train` prints the run's summary (from its metrics.json) on stdout.
+    // `basisnet train` prints the run's summary (from its metrics.json) on stdout and the
+    // run directory last.
     let status = cmd
         .status()
         .context("could not start cargo run -p basis-cli")?;
@@ -96,6 +97,5 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             out.display()
         );
     }
-    println!("run directory: {}", out.display());
     Ok(())
 }

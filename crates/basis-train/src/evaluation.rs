@@ -1,12 +1,11 @@
 //! Evaluating a model on a held-out split: accuracy of both stages, the EMA weights, the
 //! early-exit curve and coefficient statistics ([`evaluate`]), on the loader every
-//! command evaluates with ([`eval_loader`]).
+//! command evaluates with ([`crate::loaders::eval_loader`]).
 
-use crate::data::{Loader, LoaderConfig, Split};
+use crate::data::Loader;
 use crate::error::TrainError;
 use crate::metrics::{Accuracy, CoefficientAccumulator, CoefficientStats};
 use crate::model::Model;
-use crate::recipe::Recipe;
 use basis_models::early_exit::{self, ExitOutcomes, ExitPoint};
 use serde::{Deserialize, Serialize};
 
@@ -57,26 +56,6 @@ impl Evaluation {
             .filter(|p| p.top1 >= self.specialist_top1 - max_drop)
             .min_by(|a, b| a.avg_madds.total_cmp(&b.avg_madds))
     }
-}
-
-/// The loader a run is evaluated with, by training and by every command afterwards:
-/// `split` of the recipe's dataset, its evaluation transforms ([`Recipe::transforms`]),
-/// in order, batches of `max(train.batch_size, 256)`.
-pub fn eval_loader(recipe: &Recipe, split: Split) -> Result<Loader, TrainError> {
-    Ok(Loader::new(
-        recipe.data.open(split, recipe.in_channels()?)?,
-        recipe.transforms()?,
-        false,
-        LoaderConfig {
-            batch_size: recipe.train.batch_size.max(256),
-            workers: recipe.data.workers,
-            seed: recipe.train.seed,
-            strict: recipe.data.strict,
-            shuffle: false,
-            drop_last: false,
-            ..LoaderConfig::default()
-        },
-    )?)
 }
 
 /// Evaluate `model` (and `ema`, its moving average) on `loader`, with the early-exit curve

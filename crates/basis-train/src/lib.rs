@@ -1,8 +1,9 @@
 //! Training BasisNet models, one module a concept: datasets and the input pipeline
-//! ([`data`]), recipes ([`recipe`]), devices ([`device`]), the model being trained ([`model`]), the joint loss
-//! ([`loss`], [`teacher`]), optimizers ([`optim`]) and schedules ([`schedule`]),
-//! evaluation ([`evaluation`], [`metrics`]), the run directory ([`run_dir`]), progress
-//! reports ([`progress`]), data parallelism ([`distributed`]) and the loop ([`run`]).
+//! ([`data`]), recipes ([`recipe`]), devices ([`device`]), the model being trained
+//! ([`model`]), the joint loss ([`loss`], [`teacher`]), optimizers ([`optim`]) and
+//! schedules ([`schedule`]), evaluation ([`evaluation`], [`metrics`]), the loaders of a run
+//! ([`loaders`]), the run directory ([`run_dir`]), progress reports ([`progress`]), data
+//! parallelism ([`distributed`]) and the loop ([`run`]).
 //!
 //! ```no_run
 //! use basis_train::data::{AugmentConfig, Dataset, FashionMnist, Loader, LoaderConfig, Split};
@@ -31,6 +32,7 @@ pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod evaluation;
+pub mod loaders;
 pub mod loss;
 pub mod metrics;
 pub mod model;
@@ -46,7 +48,8 @@ pub mod teacher;
 pub use basis_models::ExitPoint;
 pub use device::DeviceChoice;
 pub use error::TrainError;
-pub use evaluation::{eval_loader, evaluate, Evaluation};
+pub use evaluation::{evaluate, Evaluation};
+pub use loaders::{eval_loader, train_loader};
 pub use loss::{distillation, joint_loss};
 pub use metrics::CoefficientStats;
 pub use model::{Cost, Model, ModelOutput};

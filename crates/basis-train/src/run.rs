@@ -3,11 +3,12 @@
 //! reports to an [`Observer`] and writes the [`RunDir`]; [`Run::resume`] continues a run
 //! from its `last` checkpoint exactly as if it had never stopped.
 
-use crate::data::{Batch, Loader, LoaderConfig, Shard, Split};
+use crate::data::{Batch, Loader, Shard, Split};
 use crate::device::DeviceChoice;
 use crate::distributed::DataParallel;
 use crate::error::TrainError;
-use crate::evaluation::{eval_loader, evaluate, Evaluation};
+use crate::evaluation::{evaluate, Evaluation};
+use crate::loaders::{eval_loader, train_loader};
 use crate::loss::joint_loss;
 use crate::model::Model;
 use crate::optim::{Ema, Optimizer};
@@ -201,30 +202,14 @@ impl Run {
             None => None,
         };
         let optimizer = Optimizer::new(&vs, recipe.optim.clone());
-        let loader_config = LoaderConfig {
-            batch_size: recipe.train.batch_size,
-            workers: recipe.data.workers,
-            seed: recipe.train.seed,
-            strict: recipe.data.strict,
-            drop_last: true,
-            shard: group
-                .as_ref()
-                .map(|g| Shard {
-                    index: g.rank(),
-                    count: g.world_size(),
-                })
-                .unwrap_or_default(),
-            ..LoaderConfig::default()
-        };
-        let mut train = Loader::new(
-            recipe.data.open(Split::Train, recipe.in_channels()?)?,
-            recipe.transforms()?,
-            true,
-            loader_config,
-        )?;
-        if let Some(mix) = &recipe.data.mix {
-            train = train.with_mix(mix.clone())?;
-        }
+        let shard = group
+            .as_ref()
+            .map(|g| Shard {
+                index: g.rank(),
+                count: g.world_size(),
+            })
+            .unwrap_or_default();
+        let train = train_loader(&recipe, shard)?;
         let test = eval_loader(&recipe, Split::Test)?;
         let teacher = recipe
             .loss
