@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-const ABI_VAR: &str = "LIBTORCH_CXX11_ABI";
 const HEADERS_VAR: &str = "BASISNET_C10D_HEADERS";
 
 fn first_with(candidates: &[PathBuf], file: &str) -> Option<PathBuf> {
@@ -18,7 +17,7 @@ fn first_with(candidates: &[PathBuf], file: &str) -> Option<PathBuf> {
 
 fn main() {
     basis_link::libtorch();
-    for var in [ABI_VAR, HEADERS_VAR, "DEP_TCH_LIBTORCH_LIB"] {
+    for var in [HEADERS_VAR, "DEP_TCH_LIBTORCH_LIB"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     for file in ["cpp/c10d.cpp", "cpp/c10d.h", "cpp/nccl.cpp"] {
@@ -26,15 +25,10 @@ fn main() {
     }
     println!("cargo:rustc-check-cfg=cfg(basis_dist_nccl)");
 
-    let lib = match std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        Ok(dir) => PathBuf::from(dir),
-        Err(_) => {
-            panic!("basis-dist: torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)")
-        }
+    let Some((mut build, lib)) = basis_link::cxx() else {
+        panic!("basis-dist: torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)")
     };
-    let lib = std::fs::canonicalize(&lib).unwrap_or(lib);
     let torch = lib.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let include = torch.join("include");
     let headers = std::env::var_os(HEADERS_VAR).map(PathBuf::from);
     let gloo = first_with(
         &[
@@ -54,20 +48,8 @@ fn main() {
              install libgloo-dev, or set {HEADERS_VAR} to a folder holding gloo/include"
         );
     };
-    let abi = std::env::var(ABI_VAR).unwrap_or_else(|_| "1".to_string());
-    let mut build = cc::Build::new();
     build
-        .cpp(true)
-        .pic(true)
-        .warnings(false)
-        .debug(false)
-        .flag("-std=c++17")
-        .flag("-w")
-        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .define("GLOG_USE_GLOG_EXPORT", None)
         .define("USE_C10D_GLOO", None)
-        .include(&include)
-        .include(include.join("torch/csrc/api/include"))
         .include(&gloo)
         .file("cpp/c10d.cpp");
 

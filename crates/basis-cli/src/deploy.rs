@@ -2,6 +2,7 @@
 
 use crate::weights::Which;
 use anyhow::{bail, Context, Result};
+use basis_amp::{autocast, Precision};
 use basis_models::{checkpoint, Stage};
 use basis_train::data::{decode, normalize_into, transform, Split};
 use basis_train::{eval_loader, evaluate, DeviceChoice, LoadedRun, Model, Recipe, RunDir};
@@ -77,6 +78,9 @@ pub struct PredictArgs {
     /// Early-exit threshold on the lightweight model's max probability.
     #[arg(long, default_value_t = 0.9)]
     threshold: f64,
+    /// Arithmetic: fp32, or autocast to bf16 or fp16.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -87,36 +91,41 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
     let classes = class_names(&run.recipe)?;
     let (light, full) = images(&args.images, &run.recipe, run.model.device())?;
     let _guard = tch::no_grad_guard();
-    let (logits, stages, madds): (Tensor, Vec<&str>, Vec<i64>) = match &run.model {
-        Model::BasisNet(net) => {
-            let light = light.context("a BasisNet's transforms make the low-resolution copy")?;
-            let out = net.early_exit(&light, &full, args.threshold)?;
-            let stages = out
-                .stages
-                .iter()
-                .map(|s| {
-                    if *s == Stage::Lightweight {
-                        "lightweight"
-                    } else {
-                        "specialist"
-                    }
-                })
-                .collect();
-            (out.logits, stages, out.madds)
-        }
-        Model::Static(net) => {
-            let m = run
-                .model
-                .cost(run.recipe.basisnet()?.resolution)?
-                .full_madds;
-            let n = args.images.len();
-            (
-                net.forward_t(&full, &[], false)?,
-                vec!["static"; n],
-                vec![m; n],
-            )
-        }
+    let device = run.model.device();
+    let forward = || -> Result<(Tensor, Vec<&str>, Vec<i64>)> {
+        Ok(match &run.model {
+            Model::BasisNet(net) => {
+                let light =
+                    light.context("a BasisNet's transforms make the low-resolution copy")?;
+                let out = net.early_exit(&light, &full, args.threshold)?;
+                let stages = out
+                    .stages
+                    .iter()
+                    .map(|s| {
+                        if *s == Stage::Lightweight {
+                            "lightweight"
+                        } else {
+                            "specialist"
+                        }
+                    })
+                    .collect();
+                (out.logits, stages, out.madds)
+            }
+            Model::Static(net) => {
+                let m = run
+                    .model
+                    .cost(run.recipe.basisnet()?.resolution)?
+                    .full_madds;
+                let n = args.images.len();
+                (
+                    net.forward_t(&full, &[], false)?,
+                    vec!["static"; n],
+                    vec![m; n],
+                )
+            }
+        })
     };
+    let (logits, stages, madds) = autocast(device, args.precision, forward)??;
     let probs = logits.softmax(-1, Kind::Float);
     let k = probs.size()[1].min(5);
     let (top_p, top_i) = probs.topk(k, -1, true, true);

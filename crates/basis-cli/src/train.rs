@@ -3,6 +3,7 @@
 use crate::progress::Terminal;
 use crate::weights::Which;
 use anyhow::{bail, Context, Result};
+use basis_amp::{autocast, Precision};
 use basis_dist::ProcessGroup;
 use basis_train::data::Split;
 use basis_train::distributed;
@@ -209,6 +210,9 @@ pub struct EvalArgs {
     /// Where to evaluate: auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Arithmetic: fp32, or autocast to bf16 or fp16.
+    #[arg(long, default_value = "fp32")]
+    precision: Precision,
     /// Early-exit thresholds (default: the recipe's).
     #[arg(long, value_delimiter = ',')]
     thresholds: Option<Vec<f64>>,
@@ -229,13 +233,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         .thresholds
         .clone()
         .unwrap_or(recipe.train.exit_thresholds.clone());
-    let e = evaluate(
-        &run.model,
-        run.ema.as_ref().map(|(_, m)| m),
-        &loader,
-        &thresholds,
-        recipe.basisnet()?.resolution,
-    )?;
+    let resolution = recipe.basisnet()?.resolution;
+    let e = autocast(device, args.precision, || {
+        evaluate(
+            &run.model,
+            run.ema.as_ref().map(|(_, m)| m),
+            &loader,
+            &thresholds,
+            resolution,
+        )
+    })??;
     if args.csv {
         println!("threshold,exit_rate,top1,avg_madds");
         for p in &e.early_exit {

@@ -42,6 +42,23 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
     let last = curve.last().unwrap();
     assert_eq!(last["exit_rate"].as_f64().unwrap(), 0.0);
     assert_eq!(last["top1"], e["specialist_top1"]);
+    // The same evaluation under bf16 autocast: close to fp32 (64 images).
+    let (ok, out, err) = basisnet(&["eval", "--checkpoint", d, "--json", "--precision", "bf16"]);
+    assert!(ok, "{err}");
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let gap =
+        (b["specialist_top1"].as_f64().unwrap() - e["specialist_top1"].as_f64().unwrap()).abs();
+    assert!(
+        gap <= 0.1,
+        "bf16 {} against fp32 {}",
+        b["specialist_top1"],
+        e["specialist_top1"]
+    );
+    let (ok, _, err) = basisnet(&["eval", "--checkpoint", d, "--precision", "int8"]);
+    assert!(
+        !ok && err.contains("expected a precision fp32, bf16 or fp16, found \"int8\""),
+        "{err}"
+    );
     let (ok, csv, _) = basisnet(&["eval", "--checkpoint", d, "--csv"]);
     assert!(ok && csv.starts_with("threshold,exit_rate,top1,avg_madds\n"));
 

@@ -57,3 +57,29 @@ pub fn libtorch() {
         println!("cargo:rustc-link-arg={arg}");
     }
 }
+
+/// A C++ build against the libtorch `torch-sys` links (its headers, C++17, its C++ ABI
+/// from `LIBTORCH_CXX11_ABI`, default 1 as PyTorch's wheels), for crates that compile a
+/// small shim over libtorch APIs `tch` does not reach. Returns the build and libtorch's
+/// library folder; `None` when `torch-sys` did not report the folder (not a direct
+/// dependency).
+pub fn cxx() -> Option<(cc::Build, PathBuf)> {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let lib = PathBuf::from(std::env::var(LIBTORCH_LIB_VAR).ok()?);
+    let lib = std::fs::canonicalize(&lib).unwrap_or(lib);
+    let include = lib.parent().unwrap_or(Path::new("/")).join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_string());
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .debug(false)
+        .flag("-std=c++17")
+        .flag("-w")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .define("GLOG_USE_GLOG_EXPORT", None)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"));
+    Some((build, lib))
+}

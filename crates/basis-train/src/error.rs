@@ -21,6 +21,9 @@ pub enum TrainError {
     /// A device that cannot be had (CUDA asked for where there is none).
     #[error(transparent)]
     Device(#[from] crate::device::DeviceError),
+    /// Mixed precision.
+    #[error(transparent)]
+    Amp(#[from] basis_amp::AmpError),
     /// libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

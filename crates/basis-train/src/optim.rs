@@ -58,6 +58,11 @@ impl Optimizer {
         self.step
     }
 
+    /// The gradients of the trainable variables (undefined where backward gave none).
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params.iter().map(|p| p.tensor.grad()).collect()
+    }
+
     /// Zero every gradient.
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {

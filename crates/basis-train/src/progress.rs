@@ -91,6 +91,8 @@ pub struct EpochResult {
     pub processes: usize,
     /// Seconds rank 0 spent averaging gradients (0 for a single process).
     pub averaging_seconds: f64,
+    /// Steps skipped because fp16 gradients overflowed (0 in fp32 and bf16).
+    pub skipped_steps: u64,
 }
 
 impl fmt::Display for EpochResult {
@@ -105,6 +107,7 @@ impl fmt::Display for EpochResult {
     ///     evaluation: basis_train::Evaluation { specialist_top1: 0.9, ..Default::default() },
     ///     processes: 1,
     ///     averaging_seconds: 0.0,
+    ///     skipped_steps: 0,
     /// };
     /// assert_eq!(r.to_string(), "epoch 1/4: loss 0.5000, specialist top-1 90.00%, 150 images/s");
     /// ```
@@ -129,6 +132,13 @@ impl fmt::Display for EpochResult {
                 " over {} processes ({:.0}% of rank 0's time averaging gradients)",
                 self.processes,
                 100.0 * self.averaging_seconds / self.seconds.max(1e-9)
+            )?;
+        }
+        if self.skipped_steps > 0 {
+            write!(
+                f,
+                ", {} step(s) skipped (fp16 gradients overflowed; the loss scale backed off)",
+                self.skipped_steps
             )?;
         }
         Ok(())

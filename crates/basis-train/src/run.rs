@@ -17,6 +17,7 @@ use crate::recipe::Recipe;
 use crate::run_dir::{write, Checkpoint, Metrics, RunDir, SummaryRow, TrainerState};
 use crate::schedule::{learning_rate, Phase};
 use crate::teacher::Teacher;
+use basis_amp::{autocast, LossScaler, Precision};
 use basis_dist::ProcessGroup;
 use basis_models::checkpoint;
 use std::path::{Path, PathBuf};
@@ -223,6 +224,7 @@ impl Run {
             best_top1: -1.0,
             best_epoch: 0,
             seed: recipe.train.seed,
+            loss_scaler: (recipe.train.precision == Precision::Fp16).then(LossScaler::default),
         };
         let parallel = group
             .map(|g| DataParallel::new(g, &vs, &recipe.distributed))
@@ -323,6 +325,8 @@ impl Run {
                 + ((rank as i64) << 32),
         );
         let start = Instant::now();
+        let skipped = |state: &TrainerState| state.loss_scaler.as_ref().map_or(0, |s| s.skipped());
+        let skipped_before = skipped(&self.state);
         let (mut loss_sum, mut seen, mut averaging, mut lr) = (0.0, 0usize, 0.0, 0.0);
         let mut batches = self.train.epoch(epoch as u64);
         for (i, batch) in batches.by_ref().enumerate() {
@@ -348,15 +352,26 @@ impl Run {
             if let Some(p) = &self.parallel {
                 p.before_backward();
             }
-            loss.f_backward()?;
+            match &self.state.loss_scaler {
+                Some(scaler) => scaler.scale_loss(&loss)?.f_backward()?,
+                None => loss.f_backward()?,
+            }
             if let Some(p) = &self.parallel {
                 let t = Instant::now();
                 p.average_gradients()?;
                 averaging += t.elapsed().as_secs_f64();
             }
-            self.optimizer.step(lr);
-            if let Some((_, _, ema)) = &self.ema {
-                ema.update(self.optimizer.steps());
+            // fp16: unscale the (averaged, so identical on every rank) gradients; a step
+            // whose gradients overflowed is skipped everywhere.
+            let step = match &mut self.state.loss_scaler {
+                Some(scaler) => scaler.unscale(&self.optimizer.gradients())?,
+                None => true,
+            };
+            if step {
+                self.optimizer.step(lr);
+                if let Some((_, _, ema)) = &self.ema {
+                    ema.update(self.optimizer.steps());
+                }
             }
             let n = batch.labels.size()[0] as usize;
             loss_sum += value * n as f64;
@@ -400,6 +415,7 @@ impl Run {
             seconds: start.elapsed().as_secs_f64(),
             averaging,
             lr,
+            skipped_steps: skipped(&self.state) - skipped_before,
         })
     }
 
@@ -434,6 +450,7 @@ impl Run {
             evaluation: evaluation.clone(),
             processes: self.parallel.as_ref().map_or(1, |p| p.world_size()),
             averaging_seconds: totals.averaging,
+            skipped_steps: totals.skipped_steps,
         });
         self.save_checkpoint(Checkpoint::Last)?;
         if improved {
@@ -463,14 +480,17 @@ impl Run {
 
     /// The joint loss of a batch.
     fn loss(&self, batch: &Batch, phase: Phase) -> Result<Tensor, TrainError> {
+        // The forward pass (and the loss) under autocast; backward outside it, as PyTorch.
         let loss = || {
-            joint_loss(
-                &self.model,
-                batch,
-                &self.recipe.loss,
-                self.teacher.as_ref(),
-                phase,
-            )
+            autocast(self.device, self.recipe.train.precision, || {
+                joint_loss(
+                    &self.model,
+                    batch,
+                    &self.recipe.loss,
+                    self.teacher.as_ref(),
+                    phase,
+                )
+            })?
         };
         match &self.parallel {
             Some(p) => p.forward(loss),
@@ -512,4 +532,6 @@ struct EpochTotals {
     averaging: f64,
     /// The learning rate of the last step.
     lr: f64,
+    /// Steps skipped because fp16 gradients overflowed.
+    skipped_steps: u64,
 }

@@ -71,6 +71,9 @@ pub struct TrainerState {
     pub best_epoch: usize,
     /// The recipe's seed (RNG streams derive from it and the epoch).
     pub seed: u64,
+    /// The fp16 loss scaler's state (`train.precision = "fp16"` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<basis_amp::LossScaler>,
 }
 
 /// `metrics.json`: the final evaluation of a run and its totals, written by training and

@@ -503,3 +503,43 @@ fn teachers_are_our_runs_or_torchscript_modules() {
         "{err}"
     );
 }
+
+#[test]
+fn mixed_precision_steps_stay_finite_and_close_to_fp32() {
+    let _turn = serial();
+    // Three steps of the same run in fp32, bf16 and fp16 (autocast on the CPU); weights and
+    // optimizer state stay fp32 whatever the precision.
+    let mut losses = Vec::new();
+    for precision in ["fp32", "bf16", "fp16"] {
+        let dir = common::scratch(&format!("precision-{precision}"));
+        let set = format!("train.precision=\"{precision}\"");
+        let mut run = Run::new(tiny(&["train.epochs=1", &set]), &dir).unwrap();
+        let summary = run.train().unwrap();
+        assert_eq!(summary.state.step, 3, "{precision}: every step taken");
+        for (name, t) in run.var_store().variables() {
+            if t.is_floating_point() {
+                assert_eq!(t.kind(), Kind::Float, "{precision}: {name}");
+            }
+        }
+        let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+        let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+        let loss: f64 = row[2].parse().unwrap();
+        assert!(loss.is_finite(), "{precision}: {loss}");
+        losses.push(loss);
+        // fp16 keeps its loss scale in the checkpoint, for resume.
+        let state = std::fs::read_to_string(dir.join("last.json")).unwrap();
+        assert_eq!(
+            state.contains("loss_scaler"),
+            precision == "fp16",
+            "{state}"
+        );
+    }
+    for (precision, loss) in ["bf16", "fp16"].iter().zip(&losses[1..]) {
+        let gap = (loss - losses[0]).abs() / losses[0];
+        assert!(
+            gap < 0.05,
+            "{precision}: mean loss {loss} against fp32 {}",
+            losses[0]
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! loss, the optimizer, the schedule, the run and data-parallel training.
 
 use crate::device::DeviceChoice;
+use basis_amp::Precision;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -217,6 +218,9 @@ pub struct TrainSection {
     /// Where to train: `auto` (CUDA when libtorch sees a GPU, else the CPU), `cpu`,
     /// `cuda` or `cuda:N`; a data-parallel rank takes the GPU of its local rank.
     pub device: DeviceChoice,
+    /// Arithmetic of the forward pass: `fp32`, `bf16` (autocast; AMX on recent CPUs) or
+    /// `fp16` (autocast with dynamic loss scaling); weights and optimizer state stay fp32.
+    pub precision: Precision,
 }
 
 impl Default for TrainSection {
@@ -232,6 +236,7 @@ impl Default for TrainSection {
             threads: 0,
             log_every: 50,
             device: DeviceChoice::Auto,
+            precision: Precision::Fp32,
         }
     }
 }
