@@ -68,16 +68,23 @@ impl LossScaler {
     /// optimizer should step.
     pub fn unscale(&mut self, grads: &[Tensor]) -> Result<bool, TchError> {
         let inverse = 1.0 / self.scale;
-        let mut finite = true;
+        // One flag per gradient, computed where the gradients live, and one read of them
+        // all: a single host synchronization a step, not one per tensor.
+        let mut flags = Vec::new();
         for g in grads.iter().filter(|g| g.defined()) {
-            let all = g
-                .f_isfinite()?
-                .f_all()?
-                .f_to_kind(Kind::Int64)?
-                .f_int64_value(&[])?;
-            finite &= all != 0;
+            flags.push(g.f_isfinite()?.f_all()?);
             let _ = g.shallow_clone().f_mul_scalar_(inverse)?;
         }
+        let finite = match flags.is_empty() {
+            true => true,
+            false => {
+                Tensor::f_stack(&flags, 0)?
+                    .f_all()?
+                    .f_to_kind(Kind::Int64)?
+                    .f_int64_value(&[])?
+                    != 0
+            }
+        };
         if finite {
             self.good_steps += 1;
             if self.good_steps >= self.growth_interval {

@@ -120,18 +120,17 @@ impl MobileNetConfig {
                 self.width
             )));
         }
-        if !(1..=MAX_IN_CHANNELS).contains(&self.in_channels) {
-            return Err(ModelError::Config(format!(
-                "in_channels must be in 1..={MAX_IN_CHANNELS}, found {}",
-                self.in_channels
-            )));
-        }
-        if !(1..=MAX_CLASSES).contains(&self.num_classes) {
-            return Err(ModelError::Config(format!(
-                "classes must be in 1..={MAX_CLASSES}, found {}",
-                self.num_classes
-            )));
-        }
+        let count = |what: &str, value: i64, max: i64| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(ModelError::Config(format!(
+                    "{what} must be in 1..={max}, found {value}"
+                )))
+            }
+        };
+        count("in_channels", self.in_channels, MAX_IN_CHANNELS)?;
+        count("classes", self.num_classes, MAX_CLASSES)?;
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ModelError::Config(format!(
                 "dropout must be in [0, 1), found {}",
