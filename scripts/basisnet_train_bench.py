@@ -9,14 +9,20 @@ blended per sample from the coefficients (the CondConv formulation: kernels
 linear layers). The loss is the joint loss of basis-train: label-smoothed cross-entropy
 on the specialist plus `light_weight` times the same on the lightweight model. The
 optimizer is torch.optim.SGD (momentum, Nesterov, no weight decay on batch norm and
-biases).
+biases; `foreach` on CUDA, PyTorch's default there). MODEL `mobilenet-v3-large` is
+torchvision's static MobileNetV3-Large with the specialist's loss alone.
 
-Usage: basisnet_train_bench.py STATE.safetensors STEPS THREADS
+Usage: basisnet_train_bench.py STATE.safetensors STEPS THREADS [DEVICE PRECISION MODEL]
+
+DEVICE is cpu (default) or cuda; PRECISION fp32 (default) or bf16 (autocast for the
+forward pass and loss, fp32 weights, as basis-train's `train.precision`). The first step
+(the parity check) always runs in fp32. The timed steps run in both memory layouts
+(channels_last and contiguous), and the faster is reported.
 
 STATE holds the weights the Rust side saved (`lightweight.*`, `specialist.*`) and the
 batch (`batch.images`, `batch.labels`) plus the hyper-parameters as metadata. Prints one
 JSON object: the first step's loss (computed before any update, for the parity check),
-and the seconds of each timed step.
+the seconds of each timed step, and the layout they ran in.
 """
 
 import json
@@ -29,23 +35,40 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from basisnet_torch import BasisNet, read_state  # noqa: E402
+from torchvision.models import mobilenet_v3_large  # noqa: E402
 
 
 def main():
     path, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    device, precision, which = (sys.argv[4:7] + ["cpu", "fp32", "basisnet-mv3"][len(sys.argv[4:7]) :])
+    device = torch.device(device)
     torch.set_num_threads(threads)
     tensors, meta = read_state(path)
-    images = tensors.pop("batch.images")
-    labels = tensors.pop("batch.labels")
-    n = int(meta["num_bases"])
-    model = BasisNet(
-        "mobilenet_v3_large",
-        int(meta["classes"]),
-        n,
-        int(meta["light_resolution"]),
-        float(meta["temperature"]),
-    )
-    model.load_state_dict(tensors, strict=True)
+    images = tensors.pop("batch.images").to(device)
+    labels = tensors.pop("batch.labels").to(device)
+    if which == "mobilenet-v3-large":
+        net = mobilenet_v3_large(num_classes=int(meta["classes"]), dropout=0.0)
+
+        class Static(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = net
+
+            def forward(self, x):
+                return None, self.net(x)
+
+        model = Static()
+        net.load_state_dict(tensors, strict=True)
+    else:
+        model = BasisNet(
+            "mobilenet_v3_large",
+            int(meta["classes"]),
+            int(meta["num_bases"]),
+            int(meta["light_resolution"]),
+            float(meta["temperature"]),
+        )
+        model.load_state_dict(tensors, strict=True)
+    model.to(device)
     model.train()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -61,22 +84,36 @@ def main():
     )
     smoothing, light_weight = float(meta["label_smoothing"]), float(meta["light_weight"])
 
-    def step():
-        light, special = model(images)
-        loss = F.cross_entropy(special, labels, label_smoothing=smoothing)
-        loss = loss + light_weight * F.cross_entropy(light, labels, label_smoothing=smoothing)
+    def step(x, autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            light, special = model(x)
+            loss = F.cross_entropy(special, labels, label_smoothing=smoothing)
+            if light is not None:
+                loss = loss + light_weight * F.cross_entropy(
+                    light, labels, label_smoothing=smoothing
+                )
         opt.zero_grad(set_to_none=False)
         loss.backward()
         opt.step()
         return loss.item()
 
-    first = step()
-    seconds = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        seconds.append(time.perf_counter() - start)
-    print(json.dumps({"first_loss": first, "seconds": seconds}))
+    first = step(images, False)
+    best = None
+    # The basis banks are 5-D: only the static parts take a memory format.
+    static_part = model.net if which == "mobilenet-v3-large" else model.lightweight
+    for layout in ("channels_last", "contiguous"):
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        static_part.to(memory_format=fmt)
+        x = images.contiguous(memory_format=fmt)
+        step(x, precision == "bf16")  # warm-up (cuDNN picks its algorithms)
+        seconds = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step(x, precision == "bf16")
+            seconds.append(time.perf_counter() - start)
+        if best is None or sorted(seconds)[len(seconds) // 2] < sorted(best[0])[len(best[0]) // 2]:
+            best = (seconds, layout)
+    print(json.dumps({"first_loss": first, "seconds": best[0], "layout": best[1]}))
 
 
 if __name__ == "__main__":

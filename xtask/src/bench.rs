@@ -30,6 +30,17 @@ pub struct BenchArgs {
     /// Where the report goes (default: target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Batch sizes of the inference rows.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    pub batches: Vec<usize>,
+    /// Time this `basisnet` instead of building one, with the PyTorch of the `python3` on
+    /// `PATH` and no setup: how the GPU kit runs the inference rows (implies
+    /// `--inference-only`).
+    #[arg(long)]
+    pub binary: Option<PathBuf>,
+    /// The folder of the PyTorch peer scripts (default: the workspace's `scripts`).
+    #[arg(long)]
+    pub scripts: Option<PathBuf>,
 }
 
 /// One comparison row of `report.json`.
@@ -41,10 +52,19 @@ struct Row {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let root = util::workspace_root();
+    let scripts = args.scripts.clone().unwrap_or_else(|| root.join("scripts"));
+    if let Some(binary) = &args.binary {
+        let torch = setup::Torch { python_path: None };
+        let out = args.out.clone().unwrap_or_else(|| PathBuf::from("bench"));
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+        let (table, rows) = inference(&scripts, binary, &torch, args, &out)?;
+        let sections = vec![("End-to-end inference (224 px)".to_string(), table)];
+        return write_report(&out, &rows, &sections);
+    }
     let torch = setup::run(&setup::SetupArgs::default())?;
     let data_root = data::data_root()?;
     data::foolbox(&data_root)?;
-    let root = util::workspace_root();
     let out = args
         .out
         .clone()
@@ -111,10 +131,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     torch.apply_env(&mut build);
     util::run("cargo build --release -p basis-cli", &mut build)?;
     let binary = root.join("target/release/basisnet");
-    let (table, inference) = inference(&root, &binary, &torch, args.iters, &out)?;
+    let (table, inference) = inference(&scripts, &binary, &torch, args, &out)?;
     sections.push(("End-to-end inference (224 px)".into(), table));
     rows.extend(inference);
+    write_report(&out, &rows, &sections)
+}
 
+/// `report.md` (summary, then each section) and `report.json` (the rows) into `out`.
+fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Result<()> {
     let device = rows
         .iter()
         .find_map(|r| r.extra.get("device").and_then(|d| d.as_str()))
@@ -125,7 +149,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         date()
     );
     md.push_str("## Summary\n\n| comparison | ours images/s | PyTorch images/s | ratio |\n|---|---|---|---|\n");
-    for r in &rows {
+    for r in rows {
         md.push_str(&format!(
             "| {} | {:.1} | {:.1} | {:.2}x |\n",
             r.name,
@@ -149,7 +173,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .join(", ")
         ));
     }
-    for (title, body) in &sections {
+    for (title, body) in sections {
         md.push_str(&format!("\n## {title}\n\n{}\n", body.trim()));
     }
     let json_rows: Vec<Value> = rows
@@ -239,12 +263,13 @@ fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
 
 /// The end-to-end inference rows: a markdown table and the comparison rows.
 fn inference(
-    root: &Path,
+    scripts: &Path,
     binary: &Path,
     torch: &setup::Torch,
-    iters: usize,
+    args: &BenchArgs,
     out: &Path,
 ) -> Result<(String, Vec<Row>)> {
+    let iters = args.iters;
     let threads = std::env::var("BASISNET_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     let cuda = Command::new(binary)
         .args(["benchmark", "--model", "mobilenet-v3-large", "--batch", "1"])
@@ -282,7 +307,7 @@ fn inference(
     );
     let mut rows = Vec::new();
     for (arg, py_name, label, reference) in models {
-        for batch in [1, 32] {
+        for &batch in &args.batches {
             for precision in ["f32", "bf16"] {
                 if arg == "basisnet-mv3-exit" && batch == 1 {
                     continue; // one image either exits or not: the other two rows.
@@ -306,7 +331,7 @@ fn inference(
                 };
                 let run_theirs = || -> Result<Value> {
                     let mut py = Command::new("python3");
-                    py.arg(root.join("scripts/inference_bench.py"))
+                    py.arg(scripts.join("inference_bench.py"))
                         .arg(&state)
                         .args([py_name, &batch.to_string(), precision, device])
                         .args([&iters.to_string(), "2", &threads])

@@ -9,11 +9,13 @@
 //!   into `target/bench/report.md` and `report.json`.
 //! - `cargo xtask repro [--quick]`: the paper's claims at small scale.
 //! - `cargo xtask docs`: the book into `target/book`.
+//! - `cargo xtask gpu-kit`: the binaries and script a GPU machine without Rust runs.
 
 mod bench;
 mod c10d;
 mod data;
 mod docs;
+mod gpu_kit;
 mod repro;
 mod setup;
 mod test;
@@ -50,6 +52,9 @@ enum Command {
     /// The researchers' book into target/book (model zoo from the profiler, API
     /// reference, link check).
     Docs(docs::DocsArgs),
+    /// Build what the lent GPU machine runs (libtorch 2.11 side build): CUDA checks,
+    /// benchmarks and one script, into target/gpu-kit/kit.
+    GpuKit(gpu_kit::GpuKitArgs),
 }
 
 fn main() {
@@ -61,6 +66,7 @@ fn main() {
         Command::Bench(args) => bench::run(&args),
         Command::Repro(args) => repro::run(&args),
         Command::Docs(args) => docs::run(&args),
+        Command::GpuKit(args) => gpu_kit::run(&args).map(|_| ()),
         Command::Data(args) => {
             setup::run(&setup::SetupArgs::default()).and_then(|_| data::run(&args))
         }

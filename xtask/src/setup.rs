@@ -94,8 +94,8 @@ fn libtorch(args: &SetupArgs) -> Result<Torch> {
     }
 
     let dir = cache_dir()?;
-    if args.force || !is_complete(&dir) {
-        install(&dir)?;
+    if args.force || !is_complete(&dir, REQUIREMENTS) {
+        install(&dir, REQUIREMENTS)?;
     }
     util::link(&root.join(".libtorch"), &dir.join("torch"))?;
     eprintln!(
@@ -117,6 +117,11 @@ fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("BASISNET_TORCH_DIR") {
         return Ok(PathBuf::from(dir));
     }
+    Ok(cache_root()?.join(format!("torch-{TORCH_VERSION}")))
+}
+
+/// `$XDG_CACHE_HOME/basisnet`, else `~/.cache/basisnet`: the project's user cache.
+pub fn cache_root() -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_CACHE_HOME") {
         Some(cache) => PathBuf::from(cache),
         None => PathBuf::from(
@@ -125,17 +130,20 @@ fn cache_dir() -> Result<PathBuf> {
         )
         .join(".cache"),
     };
-    Ok(base.join("basisnet").join(format!("torch-{TORCH_VERSION}")))
+    Ok(base.join("basisnet"))
 }
 
-fn is_complete(dir: &Path) -> bool {
+/// Whether `dir` holds a finished install of exactly `requirements`.
+pub fn is_complete(dir: &Path, requirements: &[&str]) -> bool {
     let marker = std::fs::read_to_string(dir.join(MARKER)).unwrap_or_default();
-    marker.trim() == REQUIREMENTS.join(" ")
+    marker.trim() == requirements.join(" ")
         && dir.join("torch/lib/libtorch_cpu.so").exists()
         && dir.join("torch/include/torch").exists()
 }
 
-fn install(dir: &Path) -> Result<()> {
+/// `pip install --target` `requirements` into `dir`, through a partial folder renamed at
+/// the end, with the marker [`is_complete`] reads written last.
+pub fn install(dir: &Path, requirements: &[&str]) -> Result<()> {
     check_python()?;
     let parent = dir
         .parent()
@@ -160,11 +168,11 @@ fn install(dir: &Path) -> Result<()> {
     }
     eprintln!(
         "setup: installing {} into {} (about 90 s and 4.8 GB, once)",
-        REQUIREMENTS.join(" "),
+        requirements.join(" "),
         dir.display()
     );
     let output = util::pip_install_into(&partial)
-        .args(REQUIREMENTS)
+        .args(requirements)
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .output()
@@ -180,9 +188,9 @@ fn install(dir: &Path) -> Result<()> {
     }
     std::fs::rename(&partial, dir)
         .with_context(|| format!("could not move the install into {}", dir.display()))?;
-    std::fs::write(dir.join(MARKER), REQUIREMENTS.join(" ") + "\n")
+    std::fs::write(dir.join(MARKER), requirements.join(" ") + "\n")
         .with_context(|| format!("could not write {}", dir.join(MARKER).display()))?;
-    if !is_complete(dir) {
+    if !is_complete(dir, requirements) {
         bail!(
             "pip finished but {} has no torch/lib/libtorch_cpu.so or headers; the wheel PyPI \
              served is not the Linux build tch needs",

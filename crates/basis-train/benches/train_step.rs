@@ -1,19 +1,27 @@
 //! Training throughput of `basisnet-mv3` (lightweight MobileNetV3-Large at 128 px,
-//! specialist MobileNetV3-Large with N = 8 bases at 224 px), batch 32, CPU: one step is
-//! the joint loss (forward of both stages), backward, and an SGD update (momentum 0.9,
-//! Nesterov, weight decay 4e-5 off batch norm and biases).
+//! specialist MobileNetV3-Large with N = 8 bases at 224 px), batch 32, fp32, CPU by
+//! default: one step is the joint loss (forward of both stages), backward, and an SGD
+//! update (momentum 0.9, Nesterov, weight decay 4e-5 off batch norm and biases).
 //!
 //! Side by side in one run with the PyTorch eager implementation of the same model and
 //! loss in `scripts/basisnet_train_bench.py`: the Rust side saves its initial weights and
 //! its batch as safetensors, Python loads them, and the first step's loss of both sides
-//! must agree (relative difference < 1e-4) before any time is compared. Dropout and basis
-//! dropout are off on both sides so the first step is deterministic. Medians of the timed
-//! steps; both sides use the same number of libtorch threads.
+//! (fp32) must agree before any time is compared (relative difference < 1e-4 on the CPU,
+//! 1e-3 on CUDA, where cuDNN's convolutions run in TF32 by default on both sides). Dropout
+//! and basis dropout are off on both sides so the first step is deterministic. Medians of
+//! the timed steps, after one untimed step; both sides use the same number of libtorch
+//! threads, and PyTorch keeps the faster of its two memory layouts.
 //!
-//! `cargo bench -p basis-train --bench train_step` (needs `cargo xtask setup`).
-//! `BASISNET_BENCH_STEPS` sets the timed steps per side (default 10).
+//! `cargo bench -p basis-train --bench train_step` (needs `cargo xtask setup`). The
+//! environment chooses the row: `BASISNET_BENCH_STEPS` (timed steps per side, default 10),
+//! `BASISNET_BENCH_DEVICE` (`cpu`, `cuda`), `BASISNET_BENCH_BATCH` (default 32),
+//! `BASISNET_BENCH_PRECISION` (`fp32`, `bf16`: autocast, fp32 weights),
+//! `BASISNET_BENCH_MODEL` (`basisnet-mv3`, or `mobilenet-v3-large`: the static network
+//! against torchvision's) and `BASISNET_SCRIPTS` (the folder of the PyTorch scripts, for
+//! the GPU kit).
 
-use basis_models::{checkpoint, presets, BasisNet};
+use basis_amp::Precision;
+use basis_models::{checkpoint, presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
 use basis_train::data::Batch;
 use basis_train::optim::Optimizer;
 use basis_train::recipe::{LossSection, OptimSection, OptimizerKind};
@@ -26,7 +34,39 @@ use tch::{nn, Device, Kind, Tensor};
 mod support;
 use support::{median, record_row};
 
-const BATCH: i64 = 32;
+/// The row to measure, from the environment.
+struct Row {
+    steps: usize,
+    device: Device,
+    batch: i64,
+    precision: Precision,
+    model: String,
+}
+
+impl Row {
+    fn from_env() -> Self {
+        let var = |k: &str, default: &str| std::env::var(k).unwrap_or_else(|_| default.into());
+        let device = match var("BASISNET_BENCH_DEVICE", "cpu").as_str() {
+            "cpu" => Device::Cpu,
+            "cuda" => Device::Cuda(0),
+            other => panic!("BASISNET_BENCH_DEVICE is cpu or cuda, found {other}"),
+        };
+        let precision = var("BASISNET_BENCH_PRECISION", "fp32");
+        Row {
+            steps: var("BASISNET_BENCH_STEPS", "10")
+                .parse()
+                .expect("a step count"),
+            device,
+            batch: var("BASISNET_BENCH_BATCH", "32")
+                .parse()
+                .expect("a batch size"),
+            precision: precision
+                .parse()
+                .unwrap_or_else(|e| panic!("BASISNET_BENCH_PRECISION: {e}")),
+            model: var("BASISNET_BENCH_MODEL", "basisnet-mv3"),
+        }
+    }
+}
 
 fn optim() -> OptimSection {
     OptimSection {
@@ -47,46 +87,58 @@ fn loss_section() -> LossSection {
     }
 }
 
-/// The first step's loss and the seconds of each timed step.
-fn ours(model: &Model, vs: &nn::VarStore, batch: &Batch, steps: usize) -> (f64, Vec<f64>) {
+/// The first step's loss (fp32) and the seconds of each timed step (after an untimed one).
+fn ours(model: &Model, vs: &nn::VarStore, batch: &Batch, row: &Row) -> (f64, Vec<f64>) {
     let mut optimizer = Optimizer::new(vs, optim());
     let loss = loss_section();
-    let mut step = || {
-        let value = joint_loss(model, batch, &loss, None, Phase::Joint).unwrap();
+    let mut step = |precision: Precision| {
+        let value = basis_amp::autocast(row.device, precision, || {
+            joint_loss(model, batch, &loss, None, Phase::Joint)
+        })
+        .unwrap()
+        .unwrap();
         optimizer.zero_grad();
         value.backward();
         optimizer.step(optim().lr);
         value.double_value(&[])
     };
-    let first = step();
-    let seconds = (0..steps)
+    let first = step(Precision::Fp32);
+    step(row.precision);
+    let seconds = (0..row.steps)
         .map(|_| {
             let start = Instant::now();
-            step();
+            step(row.precision);
             start.elapsed().as_secs_f64()
         })
         .collect();
     (first, seconds)
 }
 
-fn pytorch(state: &Path, steps: usize) -> Result<(f64, Vec<f64>), String> {
+/// PyTorch's first-step loss, timed steps and layout.
+fn pytorch(state: &Path, row: &Row) -> Result<(f64, Vec<f64>, String), String> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let scripts = std::env::var_os("BASISNET_SCRIPTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("scripts"));
+    let mut cmd = Command::new("python3");
+    cmd.arg(scripts.join("basisnet_train_bench.py"))
+        .arg(state)
+        .arg(row.steps.to_string())
+        .arg(tch::get_num_threads().to_string())
+        .arg(if row.device.is_cuda() { "cuda" } else { "cpu" })
+        .arg(row.precision.to_string())
+        .arg(&row.model);
+    // This workspace's PyTorch when there is one (`cargo xtask setup`), else python3's own.
     let libtorch = std::env::var_os("LIBTORCH")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join(".libtorch"));
-    let site = std::fs::canonicalize(&libtorch)
-        .map_err(|e| format!("{}: {e}", libtorch.display()))?
-        .parent()
-        .ok_or("libtorch has no parent folder")?
-        .to_path_buf();
-    let out = Command::new("python3")
-        .arg(workspace.join("scripts/basisnet_train_bench.py"))
-        .arg(state)
-        .arg(steps.to_string())
-        .arg(tch::get_num_threads().to_string())
-        .env("PYTHONPATH", site)
-        .output()
-        .map_err(|e| format!("python3: {e}"))?;
+    if let Some(site) = std::fs::canonicalize(&libtorch)
+        .ok()
+        .and_then(|t| t.parent().map(Path::to_path_buf))
+    {
+        cmd.env("PYTHONPATH", site);
+    }
+    let out = cmd.output().map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
@@ -99,38 +151,51 @@ fn pytorch(state: &Path, steps: usize) -> Result<(f64, Vec<f64>), String> {
         .iter()
         .filter_map(|v| v.as_f64())
         .collect();
-    Ok((first, seconds))
+    let layout = json["layout"].as_str().unwrap_or("?").to_string();
+    Ok((first, seconds, layout))
 }
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches once in test mode: nothing to check here.
     }
-    let steps: usize = std::env::var("BASISNET_BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let row = Row::from_env();
+    if row.device.is_cuda() && !tch::Cuda::is_available() {
+        println!("Training step: skipped, libtorch sees no CUDA device");
+        return;
+    }
+    let batch_size = row.batch;
     tch::manual_seed(0);
     let mut config = presets::get("basisnet-mv3").unwrap();
     config.basis_dropout = 0.0;
     config.lightweight.dropout = 0.0;
     config.specialist.dropout = 0.0;
-    let vs = nn::VarStore::new(Device::Cpu);
-    let model = Model::BasisNet(Box::new(BasisNet::new(&vs.root(), config).unwrap()));
-    let batch = Batch {
-        images: Tensor::randn([BATCH, 3, 224, 224], (Kind::Float, Device::Cpu)),
-        light_images: None,
-        labels: Tensor::randint(1000, [BATCH], (Kind::Int64, Device::Cpu)),
-        targets: None,
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let (model, title) = if row.model == "mobilenet-v3-large" {
+        let mut specialist = MobileNetConfig::new(Arch::MobilenetV3Large);
+        specialist.dropout = 0.0;
+        let net = MobileNet::new(&vs.root(), specialist, BasisSpec::fixed()).unwrap();
+        (
+            Model::Static(net),
+            "MobileNetV3-Large (static) vs torchvision's".to_string(),
+        )
+    } else {
+        let net = BasisNet::new(&vs.root(), config).unwrap();
+        (
+            Model::BasisNet(Box::new(net)),
+            "basisnet-mv3 (N = 8), 224 px specialist + 128 px lightweight".to_string(),
+        )
     };
+    let images = Tensor::randn([batch_size, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let labels = Tensor::randint(1000, [batch_size], (Kind::Int64, Device::Cpu));
 
     // The state Python starts from: the weights before any step, and the batch.
     let dir = std::env::temp_dir().join(format!("basisnet-train-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let state = dir.join("state.safetensors");
     let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    tensors.push(("batch.images".into(), batch.images.shallow_clone()));
-    tensors.push(("batch.labels".into(), batch.labels.shallow_clone()));
+    tensors.push(("batch.images".into(), images.shallow_clone()));
+    tensors.push(("batch.labels".into(), labels.shallow_clone()));
     let (o, l) = (optim(), loss_section());
     let metadata = [
         ("num_bases", config.basis.num_bases.to_string()),
@@ -151,34 +216,53 @@ fn main() {
     .collect();
     checkpoint::write(&state, &tensors, &metadata).unwrap();
 
-    let theirs = pytorch(&state, steps);
-    let (our_first, our_seconds) = ours(&model, &vs, &batch, steps);
+    let theirs = pytorch(&state, &row);
+    vs.set_device(row.device);
+    let batch = Batch {
+        images: images.to_device(row.device),
+        light_images: None,
+        labels: labels.to_device(row.device),
+        targets: None,
+    };
+    let (our_first, our_seconds) = ours(&model, &vs, &batch, &row);
     let _ = std::fs::remove_dir_all(&dir);
 
     let threads = tch::get_num_threads();
+    let (device, steps, precision) = (row.device, row.steps, row.precision);
+    let place = if device.is_cuda() {
+        "CUDA".to_string()
+    } else {
+        format!("CPU, {threads} threads")
+    };
     println!(
-        "\nTraining step of basisnet-mv3 (N = 8), 224 px specialist + 128 px lightweight, batch {BATCH}, fp32, CPU, {threads} threads, {steps} timed steps each\n"
+        "\nTraining step of {title}, batch {batch_size}, {precision}, {place}, {steps} timed steps each\n"
     );
-    let (their_first, their_seconds) = match theirs {
+    let (their_first, their_seconds, layout) = match theirs {
         Ok(t) => t,
         Err(e) => {
             println!(
                 "| basis-train | {:.1} images/s |\n\nPyTorch side failed: {e}",
-                BATCH as f64 / median(our_seconds)
+                batch_size as f64 / median(our_seconds)
             );
             std::process::exit(1);
         }
     };
     let gap = (our_first - their_first).abs() / their_first.abs();
+    let tolerance = if device.is_cuda() { 1e-3 } else { 1e-4 };
     println!(
-        "first-step loss: ours {our_first:.6}, PyTorch {their_first:.6} (relative difference {gap:.1e})"
+        "first-step loss: ours {our_first:.6}, PyTorch {their_first:.6} (relative difference {gap:.1e}, tolerance {tolerance:.0e})"
     );
-    if gap > 1e-4 {
+    if gap > tolerance {
         println!("parity check FAILED: the two implementations disagree; no timing reported");
         std::process::exit(1);
     }
-    let ours_rate = BATCH as f64 / median(our_seconds.clone());
-    let their_rate = BATCH as f64 / median(their_seconds.clone());
+    let ours_rate = batch_size as f64 / median(our_seconds.clone());
+    let their_rate = batch_size as f64 / median(their_seconds.clone());
+    let peer = if row.model == "mobilenet-v3-large" {
+        "PyTorch eager (torchvision)"
+    } else {
+        "PyTorch eager (CondConv-style)"
+    };
     println!("\n| implementation | median step (s) | images/s |");
     println!("|---|---|---|");
     println!(
@@ -186,12 +270,16 @@ fn main() {
         median(our_seconds)
     );
     println!(
-        "| PyTorch eager (CondConv-style) | {:.3} | {their_rate:.1} |",
+        "| {peer}, {layout} | {:.3} | {their_rate:.1} |",
         median(their_seconds)
     );
     println!("\nratio ours / PyTorch: {:.2}x", ours_rate / their_rate);
     record_row(
-        "training step, basisnet-mv3, batch 32, fp32 (vs PyTorch eager CondConv-style)",
+        &format!(
+            "training step, {}, batch {batch_size}, {precision}, {} (vs {peer})",
+            row.model,
+            if device.is_cuda() { "cuda" } else { "cpu" }
+        ),
         ours_rate,
         their_rate,
     );

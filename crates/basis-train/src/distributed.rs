@@ -30,6 +30,8 @@ pub struct DataParallel {
     group: Arc<ProcessGroup>,
     buckets: OverlappingBuckets,
     batch_norm: BatchNormMode,
+    /// The run's device: NCCL reduces CUDA tensors only.
+    device: tch::Device,
 }
 
 impl std::fmt::Debug for DataParallel {
@@ -90,6 +92,7 @@ impl DataParallel {
             buckets: OverlappingBuckets::new(group.clone(), &vs.trainable_variables(), bytes)?,
             group,
             batch_norm: config.batch_norm,
+            device: vs.device(),
         })
     }
 
@@ -150,11 +153,11 @@ impl DataParallel {
         }
     }
 
-    /// Sum `values` across ranks.
+    /// Sum `values` across ranks (on the run's device, where NCCL needs them).
     pub fn sum(&self, values: &[f64]) -> Result<Vec<f64>, TrainError> {
-        let t = Tensor::from_slice(values);
+        let t = Tensor::f_from_slice(values)?.f_to_device(self.device)?;
         self.group.all_reduce_sum(&[&t])?;
-        Ok(Vec::<f64>::try_from(&t)?)
+        Ok(Vec::<f64>::try_from(&t.f_to_device(tch::Device::Cpu)?)?)
     }
 
     /// Wait for every rank.
