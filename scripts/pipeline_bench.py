@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """torchvision's side of basis-train's pipeline benchmark.
 
-    pipeline_bench.py FOLDER REPEAT EPOCHS
+    pipeline_bench.py FOLDER REPEAT EPOCHS [WORKERS]
 
-ImageFolder(FOLDER) repeated REPEAT times, DataLoader(batch_size=32, num_workers=2,
+ImageFolder(FOLDER) repeated REPEAT times, DataLoader(batch_size=32, num_workers=WORKERS (2),
 shuffle=True), transforms RandomResizedCrop(224), RandomHorizontalFlip(), ToTensor(),
 Normalize(ImageNet). Prints one JSON line: images per second of each epoch (decode +
 augment + batch, the whole epoch's wall time, workers started fresh every epoch).
@@ -19,6 +19,7 @@ from torchvision import datasets, transforms
 
 def main():
     folder, repeat, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    workers = int(sys.argv[4]) if len(sys.argv) > 4 else 2
     transform = transforms.Compose([
         transforms.RandomResizedCrop(224),
         transforms.RandomHorizontalFlip(),
@@ -27,7 +28,7 @@ def main():
     ])
     base = datasets.ImageFolder(folder, transform=transform)
     data = ConcatDataset([base] * repeat)
-    loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=2)
+    loader = DataLoader(data, batch_size=32, shuffle=True, num_workers=workers)
     rates = []
     for _ in range(epochs):
         start = time.perf_counter()

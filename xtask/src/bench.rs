@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Where the report goes (default: target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Rounds of each inference row (each side once a round, alternating); each side
+    /// keeps its fastest process.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Batch sizes of the inference rows.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub batches: Vec<usize>,
@@ -216,6 +220,7 @@ fn tables_only(text: &str) -> String {
         let table = t.starts_with('|');
         let note = !table
             && (t.starts_with("ratio")
+                || t.starts_with("per worker")
                 || t.starts_with("first-step")
                 || t.starts_with("Pipeline:")
                 || t.starts_with("Training step")
@@ -302,8 +307,9 @@ fn inference(
         ),
     ];
     let mut table = format!(
-        "Device: {device}{}. Each side of each row runs in its own processes on the same weights and batch, twice, alternating with the other side; the faster process of each side is reported (its peak memory is that process's resident high-water mark, libtorch included).\n\n| model | batch | precision | fp32 logit gap (relative) | ours ms/batch | PyTorch ms/batch | ours images/s | PyTorch images/s | ratio | ours peak MiB | PyTorch peak MiB | PyTorch layout | images through the specialist (ours / PyTorch) | params | MAdds/image |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        if cuda { String::new() } else { format!(", {threads} threads") }
+        "Device: {device}{}. Each side of each row runs in its own processes on the same weights and batch, {} time(s), alternating with the other side; the fastest process of each side is reported (its peak memory is that process's resident high-water mark, libtorch included).\n\n| model | batch | precision | fp32 logit gap (relative) | ours ms/batch | PyTorch ms/batch | ours images/s | PyTorch images/s | ratio | ours peak MiB | PyTorch peak MiB | PyTorch layout | images through the specialist (ours / PyTorch) | params | MAdds/image |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        if cuda { String::new() } else { format!(", {threads} threads") },
+        args.rounds
     );
     let mut rows = Vec::new();
     for (arg, py_name, label, reference) in models {
@@ -342,9 +348,9 @@ fn inference(
                         &format!("scripts/inference_bench.py {py_name} {batch} {precision}"),
                     )
                 };
-                // Two rounds, alternating sides (ours, PyTorch, ours, PyTorch); each side
-                // keeps its faster process, so a slow spell of this shared machine does
-                // not land on one side only.
+                // Rounds alternating sides (ours, PyTorch, ours, PyTorch, ...); each side
+                // keeps its fastest process, so a slow spell of a shared machine does not
+                // land on one side only.
                 let faster = |a: Value, b: Value| {
                     let rate = |v: &Value| v["images_per_s"].as_f64().unwrap_or(0.0);
                     if rate(&b) > rate(&a) {
@@ -353,10 +359,11 @@ fn inference(
                         a
                     }
                 };
-                let ours = run_ours(true)?;
-                let theirs = run_theirs()?;
-                let ours = faster(ours, run_ours(false)?);
-                let theirs = faster(theirs, run_theirs()?);
+                let (mut ours, mut theirs) = (run_ours(true)?, run_theirs()?);
+                for _ in 1..args.rounds {
+                    ours = faster(ours, run_ours(false)?);
+                    theirs = faster(theirs, run_theirs()?);
+                }
                 let _ = std::fs::remove_file(&state);
                 let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
                 let diff = f(&theirs, "logit_gap_fp32");

@@ -7,18 +7,19 @@
 //! into `target/gpu-kit/target` against PyTorch 2.11.0 from PyPI (installed once into the
 //! user cache, about a minute). The kit, `target/gpu-kit/kit`:
 //!
-//! - `bin/basisnet`, the CUDA checks (`cuda-models`, `cuda-train`), the training-step
-//!   benchmark (`train-step`) and `xtask` (for the inference rows; it links no libtorch);
-//! - `scripts/`: the PyTorch peers;
+//! - `bin/basisnet`, the CUDA checks (`cuda-models`, `cuda-train`), the training-step and
+//!   input-pipeline benchmarks (`train-step`, `pipeline`) and `xtask` (for the inference
+//!   rows; it links no libtorch);
+//! - `scripts/`: the PyTorch peers; `data/imagenet`: foolbox's 20 ImageNet JPEGs;
 //! - `run.sh`: on the GPU machine, every CUDA check, then the benchmark rows, into
 //!   `report.md` in the folder it is given. It finds libtorch through that machine's
 //!   `python3`.
 //!
 //! `--libtorch current` assembles the same kit from this workspace's debug build
-//! (libtorch 2.13.0) in seconds: CI runs its `run.sh` on the CPU, where it reports CUDA as
-//! absent and exits cleanly.
+//! (libtorch 2.13.0) in a minute or two: CI runs its `run.sh` on the CPU, where it reports
+//! CUDA as absent and exits cleanly.
 
-use crate::{setup, util};
+use crate::{data, setup, util};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::Value;
@@ -50,12 +51,13 @@ pub struct GpuKitArgs {
     pub run: Option<PathBuf>,
 }
 
-/// The binaries of the kit: (name in the kit, cargo target).
+/// The binaries of the kit built against its libtorch.
 struct Built {
     basisnet: PathBuf,
     cuda_models: PathBuf,
     cuda_train: PathBuf,
     train_step: PathBuf,
+    pipeline: PathBuf,
 }
 
 pub fn run(args: &GpuKitArgs) -> Result<PathBuf> {
@@ -68,7 +70,12 @@ pub fn run(args: &GpuKitArgs) -> Result<PathBuf> {
         })?,
         Libtorch::Gpu => side_build(&root, &base)?,
     };
-    let xtask = xtask_binary(&root)?;
+    let xtask = match args.libtorch {
+        Libtorch::Current => std::env::current_exe()?,
+        Libtorch::Gpu => xtask_binary(&root)?,
+    };
+    let data_root = data::data_root()?;
+    data::foolbox(&data_root)?;
     let kit = base.join("kit");
     if kit.exists() {
         std::fs::remove_dir_all(&kit).with_context(|| format!("emptying {}", kit.display()))?;
@@ -80,6 +87,7 @@ pub fn run(args: &GpuKitArgs) -> Result<PathBuf> {
         ("cuda-models", &built.cuda_models),
         ("cuda-train", &built.cuda_train),
         ("train-step", &built.train_step),
+        ("pipeline", &built.pipeline),
         ("xtask", &xtask),
     ] {
         let to = kit.join("bin").join(name);
@@ -94,6 +102,11 @@ pub fn run(args: &GpuKitArgs) -> Result<PathBuf> {
             std::fs::copy(&path, kit.join("scripts").join(path.file_name().unwrap()))?;
         }
     }
+    // The pipeline benchmark's JPEGs (foolbox's 20 ImageNet images, 1.7 MB).
+    copy_tree(
+        &data_root.join("foolbox/imagenet/val"),
+        &kit.join("data/imagenet"),
+    )?;
     let script = kit.join("run.sh");
     std::fs::write(&script, include_str!("gpu_kit.sh"))?;
     let mut perms = std::fs::metadata(&script)?.permissions();
@@ -224,12 +237,13 @@ fn build(dir: &Path, target: &Path, release: bool, env: impl Fn(&mut Command)) -
         );
     }
     let mut built = built.into_iter();
-    let mut next = || built.next().expect("four builds");
+    let mut next = || built.next().expect("five builds");
     Ok(Built {
         basisnet: next(),
         cuda_models: next(),
         cuda_train: next(),
         train_step: next(),
+        pipeline: next(),
     })
 }
 

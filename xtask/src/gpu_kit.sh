@@ -66,7 +66,7 @@ if [ "$CUDA" != 1 ]; then
     exit $failed
 fi
 
-section "Training step (bf16 autocast, channels_last, batch 256, resident batch)"
+section "Training step (bf16 autocast, batch 256, 224 px, batch resident on the GPU)"
 for model in basisnet-mv3 mobilenet-v3-large; do
     echo '```' >>"$REPORT"
     BASISNET_BENCH_DEVICE=cuda BASISNET_BENCH_BATCH=256 BASISNET_BENCH_PRECISION=bf16 \
@@ -76,15 +76,24 @@ for model in basisnet-mv3 mobilenet-v3-large; do
     echo '```' >>"$REPORT"
 done
 
-section "Inference"
+section "Inference (224 px)"
 timeout "$(left)" "$KIT/bin/xtask" bench --binary "$KIT/bin/basisnet" --scripts "$KIT/scripts" \
-    --batches 1,256 --iters 20 --out "$OUT/inference" >"$OUT/inference.log" 2>&1 \
+    --batches 1,256 --iters 20 --rounds 1 --out "$OUT/inference" >"$OUT/inference.log" 2>&1 \
     || echo "inference rows stopped (exit status $?); the log's tail:" >>"$REPORT"
 if [ -f "$OUT/inference/report.md" ]; then
     sed -n '/^## Summary/,$p' "$OUT/inference/report.md" >>"$REPORT"
 else
     tail -n 20 "$OUT/inference.log" >>"$REPORT"
 fi
+
+section "Input pipeline (JPEG, 224 px, CPU workers)"
+for workers in 2 16; do
+    echo '```' >>"$REPORT"
+    BASISNET_BENCH_IMAGES="$KIT/data/imagenet" BASISNET_BENCH_WORKERS=$workers \
+        timeout "$(left)" "$KIT/bin/pipeline" --bench >>"$REPORT" 2>&1 \
+        || echo "exit status $?" >>"$REPORT"
+    echo '```' >>"$REPORT"
+done
 echo >>"$REPORT"
 echo "Total: $(($(date +%s) - START)) s." >>"$REPORT"
 cat "$REPORT"

@@ -37,7 +37,8 @@ enum Command {
     /// Install PyTorch 2.13.0 (libtorch, torchvision, safetensors) into the user cache and
     /// link it as `.libtorch`; a second run takes about a second.
     Setup(setup::SetupArgs),
-    /// Run every check CI runs: setup, rustfmt, clippy (-D warnings), the workspace tests.
+    /// Run every check CI runs: setup, rustfmt, clippy (-D warnings), the workspace tests,
+    /// the GPU kit's script (CUDA absent), the quick reproduction, the book.
     Test(test::TestArgs),
     /// Prepare datasets (Fashion-MNIST from Debian's package, foolbox's sample images).
     Data(data::DataArgs),

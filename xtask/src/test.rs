@@ -1,6 +1,8 @@
-//! `cargo xtask test`: what CI runs, in order, stopping at the first failure.
+//! `cargo xtask test`: what CI runs, in order, stopping at the first failure: setup,
+//! data, rustfmt, clippy, the workspace's tests, the GPU kit's script on this machine,
+//! the quick reproduction and the book.
 
-use crate::{data, docs, repro, setup, util};
+use crate::{data, docs, gpu_kit, repro, setup, util};
 use anyhow::Result;
 use clap::Args;
 use std::process::Command;
@@ -55,8 +57,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
     }
     step("cargo test");
     let mut test = cargo_cmd(&["test", "--workspace"]);
-    test.args(&args.cargo_test_args);
+    // The CUDA checks run with the CPU standing in for the GPU: their code is checked
+    // here; CUDA itself on a GPU machine (the kit below).
+    test.args(&args.cargo_test_args)
+        .env("BASISNET_CUDA_DRY_RUN", "1");
     util::run("cargo test", &mut test)?;
+    step("cargo xtask gpu-kit --libtorch current --run target/gpu-kit-check");
+    gpu_kit::run(&gpu_kit::GpuKitArgs {
+        libtorch: gpu_kit::Libtorch::Current,
+        run: Some(root.join("target").join("gpu-kit-check")),
+    })?;
     if !args.no_docs {
         step("cargo xtask repro --quick");
         // The test command's own scratch folder, emptied first so that a second

@@ -5,7 +5,8 @@
 //! [`Precision::Fp16`], reductions, softmax and losses in fp32, weights kept in fp32 (what
 //! PyTorch's `torch.autocast` does). `tch`'s own `autocast` reaches CUDA only; this one
 //! goes through a small C++ shim and works on the CPU too (bf16 runs on AMX where the CPU
-//! has it). [`LossScaler`] keeps fp16 gradients from underflowing.
+//! has it). [`LossScaler`] keeps fp16 gradients from underflowing. [`set_deterministic`]
+//! is libtorch's deterministic mode, the other numerics switch `tch` does not reach.
 //!
 //! ```
 //! use basis_amp::{autocast, Precision};
@@ -20,8 +21,10 @@
 //! # Ok::<(), basis_amp::AmpError>(())
 //! ```
 
+mod deterministic;
 mod scaler;
 
+pub use deterministic::{is_deterministic, set_deterministic};
 pub use scaler::LossScaler;
 
 use serde::{Deserialize, Serialize};
@@ -46,8 +49,8 @@ pub enum AmpError {
     /// A device autocast does not cover here.
     #[error("autocast runs on the CPU and CUDA, not on {0:?}")]
     Device(Device),
-    /// libtorch refused to change its autocast state.
-    #[error("libtorch could not {0} autocast")]
+    /// libtorch refused to change its state.
+    #[error("libtorch could not {0}")]
     Torch(&'static str),
     /// A precision name that is not one.
     #[error("expected a precision fp32, bf16 or fp16, found {0:?}")]
@@ -138,7 +141,7 @@ pub fn autocast<T>(
     let (mut prev_enabled, mut prev_dtype) = (0, 0);
     // SAFETY: plain values and two out-pointers to live integers.
     if unsafe { basis_amp_enter(device, dtype, &mut prev_enabled, &mut prev_dtype) } != 0 {
-        return Err(AmpError::Torch("turn on"));
+        return Err(AmpError::Torch("turn on autocast"));
     }
     let _region = Region {
         device,

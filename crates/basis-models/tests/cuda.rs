@@ -11,7 +11,7 @@ type Case = (&'static str, fn(Device));
 
 const CASES: [Case; 3] = [
     (
-        "basis_layers_on_cuda_equal_the_per_sample_reference",
+        "basis_layers_on_cuda_equal_the_per_sample_reference_fp32_and_bf16",
         layers_match_the_reference,
     ),
     (
@@ -59,6 +59,20 @@ fn layers_match_the_reference(cuda: Device) {
                 .unwrap();
             let gap = relative(&y, &reference);
             assert!(gap < 1e-4, "{strategy} on {g:?}: {gap}");
+        }
+        // bf16 bank, input and coefficients (8 mantissa bits): within 3e-2 of the fp32
+        // reference's largest magnitude.
+        let bf16 = |t: &Tensor| t.to(cuda).to_kind(Kind::BFloat16);
+        let low = BasisConv2d::from_bank(&bf16(&bank), Some(&bf16(&bias)), g).unwrap();
+        for strategy in Strategy::CONCRETE {
+            if !strategy.supports(&g) || strategy == Strategy::Shared {
+                continue;
+            }
+            let y = low
+                .forward_with(&bf16(&x), &bf16(&alpha), strategy)
+                .unwrap();
+            let gap = relative(&y, &reference);
+            assert!(gap < 3e-2, "bf16 {strategy} on {g:?}: {gap}");
         }
     }
 }

@@ -26,13 +26,12 @@ use basis_train::data::Batch;
 use basis_train::optim::Optimizer;
 use basis_train::recipe::{LossSection, OptimSection, OptimizerKind};
 use basis_train::{joint_loss, Model, Phase};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 mod support;
-use support::{median, record_row};
+use support::{median, python, record_row};
 
 /// The row to measure, from the environment.
 struct Row {
@@ -116,28 +115,13 @@ fn ours(model: &Model, vs: &nn::VarStore, batch: &Batch, row: &Row) -> (f64, Vec
 
 /// PyTorch's first-step loss, timed steps and layout.
 fn pytorch(state: &Path, row: &Row) -> Result<(f64, Vec<f64>, String), String> {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let scripts = std::env::var_os("BASISNET_SCRIPTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("scripts"));
-    let mut cmd = Command::new("python3");
-    cmd.arg(scripts.join("basisnet_train_bench.py"))
-        .arg(state)
+    let mut cmd = python("basisnet_train_bench.py");
+    cmd.arg(state)
         .arg(row.steps.to_string())
         .arg(tch::get_num_threads().to_string())
         .arg(if row.device.is_cuda() { "cuda" } else { "cpu" })
         .arg(row.precision.to_string())
         .arg(&row.model);
-    // This workspace's PyTorch when there is one (`cargo xtask setup`), else python3's own.
-    let libtorch = std::env::var_os("LIBTORCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join(".libtorch"));
-    if let Some(site) = std::fs::canonicalize(&libtorch)
-        .ok()
-        .and_then(|t| t.parent().map(Path::to_path_buf))
-    {
-        cmd.env("PYTHONPATH", site);
-    }
     let out = cmd.output().map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());

@@ -3,27 +3,28 @@
 //! reports to an [`Observer`] and writes the [`RunDir`]; [`Run::resume`] continues a run
 //! from its `last` checkpoint exactly as if it had never stopped.
 
-use crate::data::{Batch, Loader, Shard, Split};
+mod epoch;
+
+use epoch::EpochTotals;
+
+use crate::data::{Loader, Shard, Split};
 use crate::device::DeviceChoice;
 use crate::distributed::DataParallel;
 use crate::error::TrainError;
 use crate::evaluation::{evaluate, Evaluation};
 use crate::loaders::{eval_loader, train_loader};
-use crate::loss::joint_loss;
 use crate::model::Model;
 use crate::optim::{Ema, Optimizer};
-use crate::progress::{EpochResult, Observer, Silent, StepProgress};
+use crate::progress::{EpochResult, Observer, Silent};
 use crate::recipe::Recipe;
 use crate::run_dir::{write, Checkpoint, Metrics, RunDir, SummaryRow, TrainerState};
-use crate::schedule::{learning_rate, Phase};
 use crate::teacher::Teacher;
-use basis_amp::{autocast, LossScaler, Precision};
+use basis_amp::{LossScaler, Precision};
 use basis_dist::ProcessGroup;
 use basis_models::checkpoint;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device};
 
 /// A training run in a directory.
 pub struct Run {
@@ -189,6 +190,7 @@ impl Run {
         if recipe.train.threads > 0 {
             tch::set_num_threads(recipe.train.threads as i32);
         }
+        basis_amp::set_deterministic(recipe.train.deterministic)?;
         tch::manual_seed(recipe.train.seed as i64);
         let resolution = recipe.basisnet()?.resolution;
         let vs = nn::VarStore::new(device);
@@ -308,117 +310,6 @@ impl Run {
         })
     }
 
-    /// One epoch of training, totalled over all processes.
-    fn train_epoch(&mut self) -> Result<EpochTotals, TrainError> {
-        let epochs = self.recipe.train.epochs;
-        let steps = self.train.num_batches().max(1);
-        let main = self.is_main();
-        let rank = self.parallel.as_ref().map_or(0, |p| p.rank());
-        let world = self.parallel.as_ref().map_or(1, |p| p.world_size());
-        let epoch = self.state.epoch;
-        // Every random stream of an epoch derives from (seed, epoch): a run resumed at an
-        // epoch boundary continues exactly as one that never stopped. Each rank draws its
-        // own dropout and noise (rank 0's stream is a single process's).
-        tch::manual_seed(
-            (self.recipe.train.seed as i64).wrapping_mul(1_000_003)
-                + epoch as i64
-                + ((rank as i64) << 32),
-        );
-        let start = Instant::now();
-        let skipped = |state: &TrainerState| state.loss_scaler.as_ref().map_or(0, |s| s.skipped());
-        let skipped_before = skipped(&self.state);
-        let (mut loss_sum, mut seen, mut averaging, mut lr) = (0.0, 0usize, 0.0, 0.0);
-        let mut batches = self.train.epoch(epoch as u64);
-        for (i, batch) in batches.by_ref().enumerate() {
-            let batch = batch?.to_tensors(self.device)?;
-            let progress = epoch as f64 + i as f64 / steps as f64;
-            lr = learning_rate(
-                &self.recipe.schedule,
-                self.recipe.optim.lr,
-                epochs,
-                progress,
-            );
-            let phase = Phase::at(progress, epochs, self.recipe.train.static_fraction);
-            let loss = self.loss(&batch, phase)?;
-            let value = loss.f_double_value(&[])?;
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    loss: value,
-                    step: self.optimizer.steps() + 1,
-                    epoch: epoch + 1,
-                });
-            }
-            self.optimizer.zero_grad();
-            if let Some(p) = &self.parallel {
-                p.before_backward();
-            }
-            match &self.state.loss_scaler {
-                Some(scaler) => scaler.scale_loss(&loss)?.f_backward()?,
-                None => loss.f_backward()?,
-            }
-            if let Some(p) = &self.parallel {
-                let t = Instant::now();
-                p.average_gradients()?;
-                averaging += t.elapsed().as_secs_f64();
-            }
-            // fp16: unscale the (averaged, so identical on every rank) gradients; a step
-            // whose gradients overflowed is skipped everywhere.
-            let step = match &mut self.state.loss_scaler {
-                Some(scaler) => scaler.unscale(&self.optimizer.gradients())?,
-                None => true,
-            };
-            if step {
-                self.optimizer.step(lr);
-                if let Some((_, _, ema)) = &self.ema {
-                    ema.update(self.optimizer.steps());
-                }
-            }
-            let n = batch.labels.size()[0] as usize;
-            loss_sum += value * n as f64;
-            seen += n;
-            if main {
-                self.observer.step(&StepProgress {
-                    epoch: epoch + 1,
-                    epochs,
-                    step: i + 1,
-                    steps,
-                    images: seen * world,
-                    seconds: start.elapsed().as_secs_f64(),
-                    loss: loss_sum / seen as f64,
-                    lr,
-                });
-            }
-        }
-        // Every rank reads its own part of the data: each reports its bad samples.
-        if let Some(summary) = batches.report().summary() {
-            let summary = match world {
-                1 => summary,
-                _ => format!("rank {rank}: {summary}"),
-            };
-            self.observer.data(epoch + 1, &summary);
-        }
-        drop(batches);
-        if let Some(p) = &self.parallel {
-            // Every rank's loss and images; rank 0's running statistics everywhere.
-            let total = p.sum(&[loss_sum, seen as f64])?;
-            (loss_sum, seen) = (total[0], total[1] as usize);
-            p.broadcast_buffers(&self.vs)?;
-            if let Some((ema_vs, _, _)) = &self.ema {
-                p.broadcast_buffers(ema_vs)?;
-            }
-        }
-        self.state.epoch += 1;
-        self.state.step = self.optimizer.steps();
-        Ok(EpochTotals {
-            loss: loss_sum / seen.max(1) as f64,
-            images: seen,
-            seconds: start.elapsed().as_secs_f64(),
-            averaging,
-            lr,
-            skipped_steps: skipped(&self.state) - skipped_before,
-        })
-    }
-
     /// After an epoch (rank 0): best so far, `summary.csv`, the observer, checkpoints.
     fn end_epoch(
         &mut self,
@@ -479,25 +370,6 @@ impl Run {
     }
 
     /// The joint loss of a batch.
-    fn loss(&self, batch: &Batch, phase: Phase) -> Result<Tensor, TrainError> {
-        // The forward pass (and the loss) under autocast; backward outside it, as PyTorch.
-        let loss = || {
-            autocast(self.device, self.recipe.train.precision, || {
-                joint_loss(
-                    &self.model,
-                    batch,
-                    &self.recipe.loss,
-                    self.teacher.as_ref(),
-                    phase,
-                )
-            })?
-        };
-        match &self.parallel {
-            Some(p) => p.forward(loss),
-            None => loss(),
-        }
-    }
-
     fn evaluate(&self) -> Result<Evaluation, TrainError> {
         evaluate(
             &self.model,
@@ -518,20 +390,4 @@ impl Run {
             &self.state,
         )
     }
-}
-
-/// What one epoch of training added up to, over all processes.
-struct EpochTotals {
-    /// Mean training loss.
-    loss: f64,
-    /// Images trained on.
-    images: usize,
-    /// Seconds of training.
-    seconds: f64,
-    /// Seconds rank 0 spent averaging gradients.
-    averaging: f64,
-    /// The learning rate of the last step.
-    lr: f64,
-    /// Steps skipped because fp16 gradients overflowed.
-    skipped_steps: u64,
 }

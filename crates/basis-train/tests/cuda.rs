@@ -21,7 +21,7 @@ use tch::{nn, Device, Kind, Tensor};
 /// A check: its name and the function that runs it on a CUDA device.
 type Case = (&'static str, fn(Device));
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     (
         "ten_training_steps_on_cuda_follow_the_cpu",
         steps_follow_the_cpu,
@@ -35,6 +35,10 @@ const CASES: [Case; 4] = [
         trained_checkpoint_on_the_cpu,
     ),
     ("a_one_rank_nccl_run_completes", one_rank_nccl),
+    (
+        "a_resumed_deterministic_run_is_bit_identical",
+        deterministic_resume,
+    ),
 ];
 
 /// Relative gap allowed between CUDA and CPU losses over ten steps: cuDNN's convolutions
@@ -222,6 +226,56 @@ fn one_rank_nccl(cuda: Device) {
     assert_eq!(parallel.sum(&[1.5, 2.0]).unwrap(), vec![1.5, 2.0]);
     parallel.barrier().unwrap();
     std::fs::remove_file(&init).unwrap();
+}
+
+/// Six steps straight against three, a checkpoint (weights and optimizer state through
+/// files), and three more in a fresh model and optimizer: bit-identical weights with
+/// deterministic algorithms on.
+fn deterministic_resume(cuda: Device) {
+    basis_amp::set_deterministic(true).unwrap();
+    let init = init_file("det");
+    let run = |model: &Model, optimizer: &mut Optimizer, steps: usize| {
+        let batch = fixed_batch(cuda);
+        for _ in 0..steps {
+            let value =
+                joint_loss(model, &batch, &LossSection::default(), None, Phase::Joint).unwrap();
+            optimizer.zero_grad();
+            value.backward();
+            optimizer.step(optim().lr);
+        }
+    };
+    let (straight_vs, straight) = fashion_model(cuda, &init);
+    let mut opt = Optimizer::new(&straight_vs, optim());
+    run(&straight, &mut opt, 6);
+
+    let (first_vs, first) = fashion_model(cuda, &init);
+    let mut opt = Optimizer::new(&first_vs, optim());
+    run(&first, &mut opt, 3);
+    let (weights, state) = (init_file("det-weights"), init_file("det-optim"));
+    let w: Vec<(String, Tensor)> = first_vs.variables().into_iter().collect();
+    checkpoint::write(&weights, &w, &Default::default()).unwrap();
+    checkpoint::write(&state, &opt.state_tensors(), &Default::default()).unwrap();
+
+    let (resumed_vs, resumed) = fashion_model(cuda, &weights);
+    let mut opt = Optimizer::new(&resumed_vs, optim());
+    let loaded: std::collections::BTreeMap<String, Tensor> = Tensor::read_safetensors(&state)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.to(cuda)))
+        .collect();
+    opt.load_state(&loaded).unwrap();
+    run(&resumed, &mut opt, 3);
+    basis_amp::set_deterministic(false).unwrap();
+    let straight_vars = straight_vs.variables();
+    for (name, t) in resumed_vs.variables() {
+        assert!(
+            t.equal(&straight_vars[&name]),
+            "{name} differs after resuming"
+        );
+    }
+    for f in [init, weights, state] {
+        std::fs::remove_file(f).unwrap();
+    }
 }
 
 fn main() {

@@ -1,5 +1,30 @@
 //! Helpers shared by the basis-train benches.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `python3 <scripts>/<script>`: the scripts folder is `BASISNET_SCRIPTS` (the GPU kit's)
+/// or the workspace's; Python sees the PyTorch `cargo xtask setup` installed when there is
+/// one, else its own.
+pub fn python(script: &str) -> Command {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let scripts = std::env::var_os("BASISNET_SCRIPTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("scripts"));
+    let mut cmd = Command::new("python3");
+    cmd.arg(scripts.join(script));
+    let libtorch = std::env::var_os("LIBTORCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join(".libtorch"));
+    if let Some(site) = std::fs::canonicalize(&libtorch)
+        .ok()
+        .and_then(|t| t.parent().map(Path::to_path_buf))
+    {
+        cmd.env("PYTHONPATH", site);
+    }
+    cmd
+}
+
 /// The median of `v` (the upper one for an even length).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -35,12 +35,23 @@ pub struct Batch {
     pub targets: Option<Tensor>,
 }
 
+/// A host tensor on `device`: on CUDA through page-locked memory, copied without
+/// blocking the host (the copy is queued on the device's stream, so it finishes before
+/// any kernel queued after it reads the batch).
+fn to_device(host: Tensor, device: Device) -> Result<Tensor, DataError> {
+    Ok(match device {
+        Device::Cuda(_) => {
+            host.f_pin_memory(device)?
+                .f_to_device_(device, host.kind(), true, false)?
+        }
+        _ => host.f_to_device(device)?,
+    })
+}
+
 fn tensor4(a: &Array4<f32>, device: Device) -> Result<Tensor, DataError> {
     let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
     let data = a.as_slice().expect("batches are built contiguous");
-    Ok(Tensor::f_from_slice(data)?
-        .f_reshape(&shape)?
-        .f_to_device(device)?)
+    to_device(Tensor::f_from_slice(data)?.f_reshape(&shape)?, device)
 }
 
 impl HostBatch {
@@ -54,7 +65,7 @@ impl HostBatch {
         self.labels.is_empty()
     }
 
-    /// Copy to tensors on `device`.
+    /// Copy to tensors on `device` (on CUDA: pinned, without blocking the host).
     pub fn to_tensors(&self, device: Device) -> Result<Batch, DataError> {
         Ok(Batch {
             images: tensor4(&self.images, device)?,
@@ -63,16 +74,20 @@ impl HostBatch {
                 .as_ref()
                 .map(|l| tensor4(l, device))
                 .transpose()?,
-            labels: Tensor::f_from_slice(self.labels.as_slice().expect("contiguous"))?
-                .f_to_device(device)?,
+            labels: to_device(
+                Tensor::f_from_slice(self.labels.as_slice().expect("contiguous"))?,
+                device,
+            )?,
             targets: self
                 .targets
                 .as_ref()
                 .map(|t| -> Result<Tensor, DataError> {
                     let (b, k) = t.dim();
-                    Ok(Tensor::f_from_slice(t.as_slice().expect("contiguous"))?
-                        .f_reshape([b as i64, k as i64])?
-                        .f_to_device(device)?)
+                    to_device(
+                        Tensor::f_from_slice(t.as_slice().expect("contiguous"))?
+                            .f_reshape([b as i64, k as i64])?,
+                        device,
+                    )
                 })
                 .transpose()?,
         })

@@ -221,6 +221,11 @@ pub struct TrainSection {
     /// Arithmetic of the forward pass: `fp32`, `bf16` (autocast; AMX on recent CPUs) or
     /// `fp16` (autocast with dynamic loss scaling); weights and optimizer state stay fp32.
     pub precision: Precision,
+    /// libtorch's deterministic algorithms (and cuDNN's): a CUDA run resumed from a
+    /// checkpoint repeats the steps of one that never stopped bit for bit, at the cost of
+    /// slower kernels; an operation with no deterministic implementation stops the run
+    /// with libtorch's message. The CPU is deterministic either way.
+    pub deterministic: bool,
 }
 
 impl Default for TrainSection {
@@ -237,6 +242,7 @@ impl Default for TrainSection {
             log_every: 50,
             device: DeviceChoice::Auto,
             precision: Precision::Fp32,
+            deterministic: false,
         }
     }
 }
