@@ -77,7 +77,7 @@ fn two_processes_train_one_run_that_rank_zero_writes() {
         out1.is_empty() && !err1.contains("epoch"),
         "rank 1 wrote: {out1}{err1}"
     );
-    assert!(dir.join("metrics.json").exists() && dir.join("last.safetensors").exists());
+    assert!(dir.join("metrics.json").exists() && dir.join("last.json").exists());
 
     // A batch the ranks cannot split is one sentence on each, and nothing is written.
     let bad = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-distributed-bad");
@@ -171,7 +171,7 @@ fn a_rank_that_stops_makes_the_other_fail_with_one_sentence() {
         "{err0}"
     );
     // The first epoch's checkpoint is kept.
-    assert!(dir.join("last.safetensors").exists());
+    assert!(dir.join("last.json").exists());
 
     // Rank 1 refuses its recipe before joining: rank 0 waits for it as long as
     // distributed.timeout_s says (3 s here), then names the store.

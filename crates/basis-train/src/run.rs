@@ -17,7 +17,7 @@ use crate::model::Model;
 use crate::optim::{Ema, Optimizer};
 use crate::progress::{EpochResult, Observer, Silent};
 use crate::recipe::Recipe;
-use crate::run_dir::{write, Checkpoint, Metrics, RunDir, SummaryRow, TrainerState};
+use crate::run_dir::{write, Checkpoint, Metrics, RunDir, RunLock, SummaryRow, TrainerState};
 use crate::teacher::Teacher;
 use basis_amp::{LossScaler, Precision};
 use basis_dist::ProcessGroup;
@@ -42,6 +42,10 @@ pub struct Run {
     parallel: Option<DataParallel>,
     observer: Box<dyn Observer>,
     device: Device,
+    /// The folder's lock, held by rank 0 while it trains.
+    lock: Option<RunLock>,
+    /// Why the run resumed from an `epoch-K` checkpoint rather than `last`, when it did.
+    resume_note: Option<String>,
 }
 
 /// What a finished run reports.
@@ -95,16 +99,15 @@ impl Run {
             .resolve(group.as_ref().map(|g| g.local_rank()))?;
         let main = group.as_ref().is_none_or(|g| g.is_main());
         let run_dir = RunDir::new(dir);
-        if run_dir.holds_run() {
-            return Err(TrainError::Run(format!(
-                "{} already holds a run; resume it with --resume or choose another directory",
-                dir.display()
-            )));
+        if main {
+            check_new_folder(dir)?;
         }
+        // Model, data and loaders first: a refused recipe or dataset leaves nothing behind.
+        let mut run = Self::build(recipe, run_dir, group)?;
         if main {
             std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
+            run.lock = Some(run.dir.lock()?);
         }
-        let run = Self::build(recipe, run_dir, group)?;
         run.broadcast_state()?;
         if main {
             run.dir.write_recipe(&run.recipe)?;
@@ -136,20 +139,41 @@ impl Run {
         if let Some(device) = device {
             recipe.train.device = device;
         }
-        let files = run_dir.checkpoint(Checkpoint::Last);
-        let state = run_dir.read_state(Checkpoint::Last)?;
+        let main = group.as_ref().is_none_or(|g| g.is_main());
+        let lock = if main {
+            let lock = run_dir.lock()?;
+            run_dir.remove_stale_files()?;
+            Some(lock)
+        } else {
+            None
+        };
+        let (from, state, files, passed_over) = run_dir.newest_complete()?;
         let mut run = Self::build(recipe, run_dir, group)?;
+        run.lock = lock;
+        run.resume_note =
+            passed_over.map(|why| format!("{why}; resuming from the {from} checkpoint instead"));
         run.state = state;
-        checkpoint::load(&run.vs, &files.weights)?;
+        let load = |vs: &nn::VarStore, path: &Path| -> Result<(), TrainError> {
+            let metadata = checkpoint::load(vs, path)?;
+            RunDir::verify(&files, path, &metadata)
+        };
+        load(&run.vs, &files.weights)?;
         if let Some((ema_vs, _, _)) = &run.ema {
-            checkpoint::load(ema_vs, &files.ema)?;
+            load(ema_vs, &files.ema)?;
         }
-        let (optim, _) = checkpoint::read(&files.optimizer)?;
+        let (optim, metadata) = checkpoint::read(&files.optimizer)?;
+        RunDir::verify(&files, &files.optimizer, &metadata)?;
         run.optimizer
             .load_state(&optim)
             .map_err(|e| TrainError::Run(format!("{}: {e}", files.optimizer.display())))?;
         run.broadcast_state()?;
         Ok(run)
+    }
+
+    /// Why a resumed run continues from an `epoch-K` checkpoint rather than `last` (which
+    /// was incomplete or damaged), when it does.
+    pub fn resume_note(&self) -> Option<&str> {
+        self.resume_note.as_deref()
     }
 
     /// Report progress to `observer` (the default reports nothing).
@@ -246,6 +270,8 @@ impl Run {
             parallel,
             observer: Box::new(Silent),
             device,
+            lock: None,
+            resume_note: None,
         })
     }
 
@@ -343,7 +369,8 @@ impl Run {
             averaging_seconds: totals.averaging,
             skipped_steps: totals.skipped_steps,
         });
-        self.save_checkpoint(Checkpoint::Last)?;
+        // `last` is committed last: a crash before it resumes from the previous `last`,
+        // which trains this epoch again and saves `best` and `epoch-K` again.
         if improved {
             self.save_checkpoint(Checkpoint::Best)?;
         }
@@ -351,6 +378,7 @@ impl Run {
         if every > 0 && self.state.epoch % every == 0 {
             self.save_checkpoint(Checkpoint::Epoch(self.state.epoch))?;
         }
+        self.save_checkpoint(Checkpoint::Last)?;
         Ok(())
     }
 
@@ -369,7 +397,6 @@ impl Run {
         Ok(())
     }
 
-    /// The joint loss of a batch.
     fn evaluate(&self) -> Result<Evaluation, TrainError> {
         evaluate(
             &self.model,
@@ -390,4 +417,36 @@ impl Run {
             &self.state,
         )
     }
+}
+
+/// `train --out` takes a new folder or an empty one: anything else is refused untouched.
+fn check_new_folder(dir: &Path) -> Result<(), TrainError> {
+    if RunDir::new(dir).holds_run() {
+        return Err(TrainError::Run(format!(
+            "{} already holds a run; resume it with --resume or choose another directory",
+            dir.display()
+        )));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return match dir.exists() {
+            true => Err(TrainError::Run(format!(
+                "{} exists and is not a folder; choose a new or empty folder for the run",
+                dir.display()
+            ))),
+            false => Ok(()),
+        };
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let shown = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    let more = if names.len() > 3 { ", ..." } else { "" };
+    Err(TrainError::Run(format!(
+        "{} is not empty (it holds {shown}{more}); a run starts in a new or empty folder, so nothing of yours is overwritten: choose another --out",
+        dir.display()
+    )))
 }

@@ -7,12 +7,19 @@
 //! summary.csv              one row an epoch (timm's columns)
 //! metrics.json             the final evaluation and run totals ([`Metrics`])
 //! curves.svg, early_exit.svg, coefficients.svg
-//! <name>.safetensors       weights        <name>-ema.safetensors  EMA weights
-//! <name>-optim.safetensors optimizer      <name>.json             trainer state, last
+//! <name>-gG.safetensors       weights       <name>-gG-ema.safetensors  EMA weights
+//! <name>-gG-optim.safetensors  optimizer     <name>.json   trainer state: the commit
+//! .lock                        the process training in the folder
 //! ```
-//! where `<name>` is `last`, `best` or `epoch-K` ([`Checkpoint`]). Every file is written
-//! atomically ([`basis_models::atomic`]); a checkpoint's `.json` is written last, so a
-//! checkpoint is complete exactly when its state file exists.
+//! where `<name>` is `last`, `best` or `epoch-K` ([`Checkpoint`]) and `G` the generation
+//! of the save. Every file is written atomically ([`basis_models::atomic`]); a checkpoint
+//! is committed as a whole by its `.json`, written last ([`commit`]).
+
+mod commit;
+mod lock;
+
+pub use commit::{Checkpoint, CheckpointFiles};
+pub use lock::RunLock;
 
 use crate::error::TrainError;
 use crate::evaluation::Evaluation;
@@ -20,43 +27,8 @@ use crate::model::Model;
 use crate::recipe::Recipe;
 use basis_models::{atomic, checkpoint};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Tensor};
-
-/// A checkpoint of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// The end of the last epoch trained (what `--resume` continues).
-    Last,
-    /// The epoch with the best specialist top-1 so far.
-    Best,
-    /// The end of epoch `K` (every `train.checkpoint_every` epochs).
-    Epoch(usize),
-}
-
-impl fmt::Display for Checkpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Checkpoint::Last => f.write_str("last"),
-            Checkpoint::Best => f.write_str("best"),
-            Checkpoint::Epoch(k) => write!(f, "epoch-{k}"),
-        }
-    }
-}
-
-/// The files of one checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckpointFiles {
-    /// Model weights.
-    pub weights: PathBuf,
-    /// EMA weights (present when the recipe keeps an EMA).
-    pub ema: PathBuf,
-    /// Optimizer state.
-    pub optimizer: PathBuf,
-    /// Trainer state ([`TrainerState`]), written last.
-    pub state: PathBuf,
-}
+use tch::{nn, Device};
 
 /// The trainer's own state, saved as `<checkpoint>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,29 +131,6 @@ impl RunDir {
         self.root.join(format!("{name}.svg"))
     }
 
-    /// The files of `checkpoint`.
-    ///
-    /// ```
-    /// use basis_train::run_dir::{Checkpoint, RunDir};
-    /// let files = RunDir::new("runs/x").checkpoint(Checkpoint::Epoch(3));
-    /// assert_eq!(files.optimizer, std::path::Path::new("runs/x/epoch-3-optim.safetensors"));
-    /// assert_eq!(files.state, std::path::Path::new("runs/x/epoch-3.json"));
-    /// ```
-    pub fn checkpoint(&self, checkpoint: Checkpoint) -> CheckpointFiles {
-        let file = |suffix: &str| self.root.join(format!("{checkpoint}{suffix}"));
-        CheckpointFiles {
-            weights: file(".safetensors"),
-            ema: file("-ema.safetensors"),
-            optimizer: file("-optim.safetensors"),
-            state: file(".json"),
-        }
-    }
-
-    /// Whether the directory holds a run that can be resumed (a complete `last`).
-    pub fn holds_run(&self) -> bool {
-        self.checkpoint(Checkpoint::Last).state.exists()
-    }
-
     /// The recipe the run was trained with.
     pub fn read_recipe(&self) -> Result<Recipe, TrainError> {
         let path = self.recipe_path();
@@ -199,11 +148,6 @@ impl RunDir {
         write(&self.recipe_path(), recipe.to_toml().as_bytes())
     }
 
-    /// The trainer state of `checkpoint`.
-    pub fn read_state(&self, checkpoint: Checkpoint) -> Result<TrainerState, TrainError> {
-        read_json(&self.checkpoint(checkpoint).state, "trainer state")
-    }
-
     /// `metrics.json` of a finished run.
     pub fn read_metrics(&self) -> Result<Metrics, TrainError> {
         let path = self.metrics_path();
@@ -219,28 +163,6 @@ impl RunDir {
     /// Write `metrics.json`.
     pub fn write_metrics(&self, metrics: &Metrics) -> Result<(), TrainError> {
         write_json(&self.metrics_path(), metrics)
-    }
-
-    /// Write `checkpoint`: weights, EMA weights, optimizer state, then the trainer state.
-    pub fn write_checkpoint(
-        &self,
-        checkpoint: Checkpoint,
-        recipe: &Recipe,
-        weights: &nn::VarStore,
-        ema: Option<&nn::VarStore>,
-        optimizer: &[(String, Tensor)],
-        state: &TrainerState,
-    ) -> Result<(), TrainError> {
-        let files = self.checkpoint(checkpoint);
-        let meta = checkpoint::Metadata::from([("recipe".to_string(), recipe.to_toml())]);
-        let variables =
-            |vs: &nn::VarStore| -> Vec<(String, Tensor)> { vs.variables().into_iter().collect() };
-        checkpoint::write(&files.weights, &variables(weights), &meta)?;
-        if let Some(ema) = ema {
-            checkpoint::write(&files.ema, &variables(ema), &meta)?;
-        }
-        checkpoint::write(&files.optimizer, optimizer, &meta)?;
-        write_json(&files.state, state)
     }
 
     /// Add the row of `row.epoch` to `summary.csv` (replacing the rows of that epoch and
@@ -278,15 +200,8 @@ impl RunDir {
     /// trained on (checkpoints hold CPU tensors).
     pub fn load(&self, checkpoint: Checkpoint, device: Device) -> Result<LoadedRun, TrainError> {
         let recipe = self.read_recipe()?;
-        let files = self.checkpoint(checkpoint);
-        if !files.weights.exists() {
-            return Err(TrainError::Run(format!(
-                "{} has no {checkpoint} checkpoint ({} is missing)",
-                self.root.display(),
-                files.weights.display()
-            )));
-        }
-        let (vs, model) = build(&recipe, &files.weights, device)?;
+        let files = self.checkpoint(checkpoint)?;
+        let (vs, model) = build(&recipe, &files, &files.weights, device)?;
         Ok(LoadedRun {
             recipe,
             vs,
@@ -303,23 +218,25 @@ impl RunDir {
         device: Device,
     ) -> Result<LoadedRun, TrainError> {
         let mut run = self.load(checkpoint, device)?;
-        let ema = self.checkpoint(checkpoint).ema;
-        if ema.exists() {
-            run.ema = Some(build(&run.recipe, &ema, device)?);
+        let files = self.checkpoint(checkpoint)?;
+        if files.ema.exists() {
+            run.ema = Some(build(&run.recipe, &files, &files.ema, device)?);
         }
         Ok(run)
     }
 }
 
-/// The model of `recipe` on `device` with the weights of `path`.
+/// The model of `recipe` on `device` with the weights of `path`, one of `files`.
 fn build(
     recipe: &Recipe,
+    files: &CheckpointFiles,
     path: &Path,
     device: Device,
 ) -> Result<(nn::VarStore, Model), TrainError> {
     let vs = nn::VarStore::new(device);
     let model = Model::build(&vs.root(), recipe)?;
-    checkpoint::load(&vs, path)?;
+    let metadata = checkpoint::load(&vs, path)?;
+    RunDir::verify(files, path, &metadata)?;
     Ok((vs, model))
 }
 
@@ -334,7 +251,10 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
     write(path, text.as_bytes())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, TrainError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> Result<T, TrainError> {
     let text = std::fs::read_to_string(path).map_err(TrainError::io(path))?;
     serde_json::from_str(&text)
         .map_err(|e| TrainError::Run(format!("{}: not a {what} ({e})", path.display())))

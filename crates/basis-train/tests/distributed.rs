@@ -226,16 +226,20 @@ fn two_ranks_end_with_bit_identical_parameters_and_rank_zero_writes_the_run() {
     }
     // The run directory is rank 0's: checkpoints, metrics, logs; rank 1 printed no epoch.
     let run = out.join("run");
+    let last = basis_train::RunDir::new(&run)
+        .checkpoint(basis_train::Checkpoint::Last)
+        .unwrap();
     for file in [
-        "recipe.toml",
-        "last.safetensors",
-        "last-optim.safetensors",
-        "metrics.json",
-        "summary.csv",
+        run.join("recipe.toml"),
+        last.weights.clone(),
+        last.optimizer,
+        run.join("metrics.json"),
+        run.join("summary.csv"),
     ] {
         assert!(
-            run.join(file).exists(),
-            "{file} missing from the run directory"
+            file.exists(),
+            "{} missing from the run directory",
+            file.display()
         );
     }
     let log0 = String::from_utf8_lossy(&outs[0].stderr);
@@ -243,7 +247,7 @@ fn two_ranks_end_with_bit_identical_parameters_and_rank_zero_writes_the_run() {
     assert!(log0.contains("epoch 1/1: loss"), "{log0}");
     assert!(!log1.contains("epoch 1/1"), "rank 1 logged: {log1}");
     // Rank 0's checkpoint is what every rank holds.
-    let saved = read(&run.join("last.safetensors"));
+    let saved = read(&last.weights);
     for (name, t) in &saved {
         assert!(
             t.equal(&r0[name]),

@@ -4,7 +4,7 @@ mod common;
 
 use basis_train::optim::Optimizer;
 use basis_train::recipe::{OptimSection, OptimizerKind};
-use basis_train::{Recipe, Run, TrainError};
+use basis_train::{Checkpoint, Recipe, Run, RunDir, TrainError};
 use tch::nn::OptimizerConfig;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -267,18 +267,15 @@ fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
         .contains("\"epoch\": 1"));
     let summary = Run::resume(&stopped).unwrap().train().unwrap();
     assert_eq!(summary.state.epoch, 2);
-    for file in [
-        "last.safetensors",
-        "last-ema.safetensors",
-        "last-optim.safetensors",
-    ] {
-        let (a, b) = (
-            read_weights(&straight.join(file)),
-            read_weights(&stopped.join(file)),
-        );
+    let files = |dir: &std::path::Path| {
+        let f = RunDir::new(dir).checkpoint(Checkpoint::Last).unwrap();
+        [f.weights, f.ema, f.optimizer]
+    };
+    for (a, b) in files(&straight).into_iter().zip(files(&stopped)) {
+        let (a, b) = (read_weights(&a), read_weights(&b));
         assert_eq!(a.len(), b.len());
         for (name, t) in &a {
-            assert!(t.equal(&b[name]), "{file}: {name} differs after resume");
+            assert!(t.equal(&b[name]), "{name} differs after resume");
         }
     }
     // Outputs of a run: the recipe, two summary rows, metrics with the early-exit curve.
@@ -312,17 +309,28 @@ fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
     let err = Run::new(tiny(&[]), &stopped).err().unwrap().to_string();
     assert!(err.contains("already holds a run"), "{err}");
     // A corrupt optimizer state (a step that is not one integer) is one sentence on resume.
-    let optim = stopped.join("last-optim.safetensors");
-    let mut state: Vec<(String, Tensor)> = read_weights(&optim).into_iter().collect();
+    // (Written as a save would, with its generation, and its size in the commit.)
+    let optim = RunDir::new(&stopped)
+        .checkpoint(Checkpoint::Last)
+        .unwrap()
+        .optimizer;
+    let (tensors, metadata) = basis_models::checkpoint::read(&optim).unwrap();
+    let mut state: Vec<(String, Tensor)> = tensors.into_iter().collect();
     for (name, t) in state.iter_mut() {
         if name == "step" {
             *t = Tensor::from_slice(&[3i64, 4]);
         }
     }
-    basis_models::checkpoint::write(&optim, &state, &Default::default()).unwrap();
+    basis_models::checkpoint::write(&optim, &state, &metadata).unwrap();
+    let name = optim.file_name().unwrap().to_str().unwrap();
+    let commit = stopped.join("last.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&commit).unwrap()).unwrap();
+    json["files"][name] = std::fs::metadata(&optim).unwrap().len().into();
+    std::fs::write(&commit, json.to_string()).unwrap();
     let err = Run::resume(&stopped).err().unwrap().to_string();
     assert!(
-        err.contains("last-optim.safetensors: optimizer state step must be one integer, found a Int64 tensor of shape [2]"),
+        err.contains("-optim.safetensors: optimizer state step must be one integer, found a Int64 tensor of shape [2]"),
         "{err}"
     );
 }
@@ -408,7 +416,14 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         .unwrap()
         .train_until(1)
         .unwrap();
-    let before = std::fs::read(dir.join("last.safetensors")).unwrap();
+    let last = || {
+        let weights = RunDir::new(&dir)
+            .checkpoint(Checkpoint::Last)
+            .unwrap()
+            .weights;
+        std::fs::read(weights).unwrap()
+    };
+    let before = last();
     // The same run, continued with an absurd learning rate.
     let recipe = std::fs::read_to_string(dir.join("recipe.toml")).unwrap();
     let recipe = recipe
@@ -424,7 +439,7 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         other => panic!("expected a non-finite loss, got {other}"),
     }
     assert!(err.to_string().contains("the last good checkpoint is kept"));
-    assert_eq!(std::fs::read(dir.join("last.safetensors")).unwrap(), before);
+    assert_eq!(last(), before);
 }
 
 #[test]
