@@ -202,6 +202,14 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
             args.out.display()
         );
     }
+    if let Some(values) = &args.coefficients {
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            bail!(
+                "--coefficients takes finite numbers; number {} is {v}",
+                i + 1
+            );
+        }
+    }
     let run = load_run(&args.checkpoint, args.which, args.device)?;
     let Model::BasisNet(net) = &run.model else {
         bail!(

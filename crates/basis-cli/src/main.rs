@@ -56,7 +56,42 @@ fn main() {
         Command::Calibrate(args) => deploy::calibrate(&args),
     };
     if let Err(err) = result {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {}", sentence(&err));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes, each said once: a cause whose text the message already
+/// holds (libraries put their source's text in their own) is not repeated.
+fn sentence(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(2);
+        let err = anyhow::Error::new(basis_train::TrainError::Io {
+            path: "runs/x/recipe.toml".into(),
+            source: io,
+        })
+        .context("could not open the run");
+        assert_eq!(
+            sentence(&err),
+            "could not open the run: runs/x/recipe.toml: No such file or directory (os error 2)"
+        );
     }
 }

@@ -26,7 +26,8 @@ pub struct TrainArgs {
     /// Train the static network of the specialist's size instead (N = 1, no lightweight).
     #[arg(long)]
     baseline: bool,
-    /// The run directory (created; must not hold a run already).
+    /// The run directory: a new folder, or an empty one (anything else is refused and left
+    /// untouched).
     #[arg(long, conflicts_with = "resume")]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint.
@@ -123,22 +124,26 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         recipe.train.device.resolve(None)?;
         match join(args, &recipe)? {
             Some(group) => {
-                if group.is_main() {
+                let (main, world, backend) = (group.is_main(), group.world_size(), group.backend());
+                let run = Run::new_distributed(recipe, &out, group)?;
+                if main {
                     eprintln!(
-                        "run directory: {} ({} processes, {} backend)",
-                        out.display(),
-                        group.world_size(),
-                        group.backend()
+                        "run directory: {} ({world} processes, {backend} backend)",
+                        out.display()
                     );
                 }
-                Run::new_distributed(recipe, &out, group)?
+                run
             }
             None => {
+                let run = Run::new(recipe, &out)?;
                 eprintln!("run directory: {}", out.display());
-                Run::new(recipe, &out)?
+                run
             }
         }
     };
+    if let Some(note) = run.resume_note() {
+        eprintln!("note: {note}");
+    }
     let log_every = run.recipe().train.log_every;
     run.observe(Box::new(Terminal::new(log_every)));
     let summary = run.train()?;

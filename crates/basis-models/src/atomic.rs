@@ -1,10 +1,49 @@
 //! Atomic file writing, the one way every run file and checkpoint is written: a temporary
 //! file beside the target, fsync, rename, then fsync of the folder, so a crash leaves
 //! either the old file or the new one, never half of one.
+//!
+//! Fault injection, for the tests of what a crash or a full disk leaves behind: with
+//! `BASISNET_FAULT=abort-at:N` the process aborts (as `kill -9` would: nothing cleaned up)
+//! at the `N`-th step of atomic writing counted from its start, and with
+//! `BASISNET_FAULT=enospc-at:N` that step fails with "No space left on device". Each write
+//! has three steps: its data written, synced, renamed into place.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// What `BASISNET_FAULT` asks for: abort (true) or fail with ENOSPC (false) at a step.
+fn fault() -> Option<(bool, u64)> {
+    static FAULT: OnceLock<Option<(bool, u64)>> = OnceLock::new();
+    *FAULT.get_or_init(|| {
+        let value = std::env::var("BASISNET_FAULT").ok()?;
+        let (kind, at) = value.split_once(':')?;
+        let at = at.parse().ok()?;
+        match kind {
+            "abort-at" => Some((true, at)),
+            "enospc-at" => Some((false, at)),
+            _ => None,
+        }
+    })
+}
+
+/// One step of atomic writing: where an injected fault strikes.
+fn step() -> std::io::Result<()> {
+    static STEPS: AtomicU64 = AtomicU64::new(0);
+    let Some((abort, at)) = fault() else {
+        return Ok(());
+    };
+    if STEPS.fetch_add(1, Ordering::SeqCst) + 1 == at {
+        if abort {
+            std::process::abort();
+        }
+        // ENOSPC, as a full disk reports it.
+        return Err(std::io::Error::from_raw_os_error(28));
+    }
+    Ok(())
+}
 
 fn temporary(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -35,8 +74,11 @@ pub fn write_with(
         let mut writer = BufWriter::new(File::create(&tmp)?);
         fill(&mut writer)?;
         let file = writer.into_inner().map_err(|e| e.into_error())?;
+        step()?;
         file.sync_all()?;
+        step()?;
         std::fs::rename(&tmp, path)?;
+        step()?;
         // The rename itself is durable once the folder is; a file system that cannot sync
         // a folder still has the new file in place, so that is not a failure.
         let folder = match path.parent() {

@@ -108,7 +108,20 @@ pub fn write(path: &Path, tensors: &[(String, Tensor)], metadata: &Metadata) -> 
         }
         Ok(())
     })
-    .map_err(|e| io_error(path, e))
+    .map_err(|e| {
+        if e.raw_os_error() == Some(28) {
+            let bytes = 8 + header.len() + blobs.iter().map(Vec::len).sum::<usize>();
+            bad_file(
+                path,
+                format!(
+                    "the disk is full ({e}); this file needs {:.1} MB, and the previous checkpoint is kept",
+                    bytes as f64 / 1e6
+                ),
+            )
+        } else {
+            io_error(path, e)
+        }
+    })
 }
 
 /// Read every tensor of a safetensors file (on the CPU) and its metadata.

@@ -58,6 +58,8 @@ pub struct CheckpointFiles {
     pub state: PathBuf,
     /// The generation of the save (0: a run written before generations).
     pub generation: u64,
+    /// The checkpoint the files belong to.
+    pub checkpoint: Checkpoint,
 }
 
 /// `<name>.json`: the trainer state, the generation and the size of each data file.
@@ -95,6 +97,7 @@ impl RunDir {
             optimizer: file("-optim.safetensors"),
             state: self.path().join(format!("{checkpoint}.json")),
             generation,
+            checkpoint,
         }
     }
 
@@ -192,14 +195,13 @@ impl RunDir {
         if files.generation == 0 {
             return Ok(());
         }
-        let found = metadata
-            .get(GENERATION)
-            .map(String::as_str)
-            .unwrap_or("none");
-        if found != files.generation.to_string() {
+        let get = |key: &str| metadata.get(key).map(String::as_str).unwrap_or("none");
+        let (name, generation) = (get("checkpoint"), get(GENERATION));
+        if name != files.checkpoint.to_string() || generation != files.generation.to_string() {
             return Err(TrainError::Run(format!(
-                "{} belongs to generation {found}, not to the committed generation {}: the checkpoint is a mixture of two saves",
+                "{} belongs to the {name} checkpoint's generation {generation}, not to the committed {} checkpoint (generation {}): the checkpoint is a mixture of two saves",
                 path.display(),
+                files.checkpoint,
                 files.generation
             )));
         }
