@@ -24,7 +24,7 @@ pub struct CompareArgs {
     out: PathBuf,
     /// The early-exit column: the cheapest threshold within this accuracy drop of the
     /// specialist.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = 0.005, value_parser = crate::numbers::non_negative, allow_negative_numbers = true)]
     max_drop: f64,
 }
 

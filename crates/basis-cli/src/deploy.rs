@@ -38,8 +38,7 @@ fn images(
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let (mut full, mut light) = (Vec::new(), Vec::new());
     for path in paths {
-        let image =
-            decode(path, channels).with_context(|| format!("reading {}", path.display()))?;
+        let image = decode(path, channels)?;
         let (f, l) = transform(&augment, &image, false, &mut rng)?;
         let tensor = |image: &ndarray::Array3<u8>| {
             let mut values = vec![0f32; image.len()];
@@ -76,7 +75,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Early-exit threshold on the lightweight model's max probability.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = crate::numbers::non_negative, allow_negative_numbers = true)]
     threshold: f64,
     /// Arithmetic: fp32, or autocast to bf16 or fp16.
     #[arg(long, default_value = "fp32")]
@@ -275,10 +274,10 @@ pub struct CalibrateArgs {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Largest accepted top-1 drop from the specialist (fraction: 0.005 = half a point).
-    #[arg(long, conflicts_with = "madds_budget")]
+    #[arg(long, conflicts_with = "madds_budget", value_parser = crate::numbers::non_negative, allow_negative_numbers = true)]
     max_drop: Option<f64>,
     /// Or: the best top-1 within this many MAdds per image on average.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::numbers::non_negative, allow_negative_numbers = true)]
     madds_budget: Option<f64>,
     /// Print JSON.
     #[arg(long)]

@@ -3,6 +3,7 @@
 mod bench;
 mod compare;
 mod deploy;
+mod numbers;
 mod profile;
 mod progress;
 mod train;

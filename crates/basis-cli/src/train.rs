@@ -161,6 +161,14 @@ pub fn train(args: &TrainArgs) -> Result<()> {
 
 /// Top-1 and multiply-adds of each stage (and of the EMA weights), one line each.
 fn print_stages(e: &Evaluation) {
+    if e.bad_samples > 0 {
+        eprintln!(
+            "note: {} unreadable test sample(s) left out of the {} evaluated; first: {}",
+            e.bad_samples,
+            e.images,
+            e.bad_examples.join("; ")
+        );
+    }
     if let Some(light) = e.light_top1 {
         println!(
             "lightweight model   top-1 {:>6.2}%   {:>12} MAdds",
@@ -219,7 +227,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = "fp32")]
     precision: Precision,
     /// Early-exit thresholds (default: the recipe's).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = crate::numbers::non_negative, allow_negative_numbers = true)]
     thresholds: Option<Vec<f64>>,
     /// Print JSON.
     #[arg(long, conflicts_with = "csv")]

@@ -189,7 +189,7 @@ fn a_rank_that_stops_makes_the_other_fail_with_one_sentence() {
     let a1 = ["train", "--distributed", "--out", d, "--set", "optim.lr=-1"];
     let ranks = two_ranks_each(&[&a0, &a1]);
     assert!(
-        !ranks[1].0 && ranks[1].2.contains("optim.lr must be > 0"),
+        !ranks[1].0 && ranks[1].2.contains("optim.lr must be a finite number > 0"),
         "{}",
         ranks[1].2
     );

@@ -216,3 +216,60 @@ fn train_takes_only_a_new_or_empty_folder_and_one_process_at_a_time() {
     let out = train(&dir, true, None);
     assert!(out.status.success(), "stale lock: {}", stderr(&out));
 }
+
+#[test]
+fn bad_command_line_values_are_one_sentence_that_says_each_cause_once() {
+    let dir = scratch("faults-inputs");
+    let out = train(&dir, false, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let d = dir.to_str().unwrap();
+    // A missing image: its path once, the OS error once.
+    let (ok, _, err) = common::basisnet(&["predict", "--checkpoint", d, "/nonexistent/a.png"]);
+    assert!(!ok);
+    assert_eq!(err.matches("/nonexistent/a.png").count(), 1, "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    // Coefficients that are not numbers write nothing.
+    let target = dir.join("mix.safetensors");
+    let t = target.to_str().unwrap();
+    for bad in ["nan,0,0,0", "inf,0,0,0"] {
+        let (ok, _, err) = common::basisnet(&[
+            "specialize",
+            "--checkpoint",
+            d,
+            "--coefficients",
+            bad,
+            "--out",
+            t,
+        ]);
+        assert!(
+            !ok && err.contains("--coefficients takes finite numbers; number 1 is"),
+            "{err}"
+        );
+        assert!(!target.exists());
+    }
+    // Numbers: finite and in range, checked by the argument parser.
+    for args in [
+        &["predict", "--checkpoint", d, "--threshold", "nan", "x.png"][..],
+        &["calibrate", "--checkpoint", d, "--max-drop", "-1"],
+        &["eval", "--checkpoint", d, "--thresholds", "0.5,inf"],
+    ] {
+        let (ok, _, err) = common::basisnet(args);
+        assert!(
+            !ok && err.contains("expected a finite number >= 0"),
+            "{args:?}: {err}"
+        );
+    }
+    // An empty recipe file: one sentence naming the inconsistent key, no folder.
+    let recipe = dir.join("empty.toml");
+    std::fs::write(&recipe, "").unwrap();
+    let run = scratch("faults-empty-recipe");
+    let (ok, _, err) = common::basisnet(&[
+        "train",
+        "--recipe",
+        recipe.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("augment.mean has 3 values"), "{err}");
+    assert!(!run.exists());
+}

@@ -243,7 +243,7 @@ fn bad_recipes_and_checkpoints_are_one_sentence_and_a_failure() {
     );
     let (ok, _, err) = basisnet(&["train", "--set", "optim.lr=-1", "--out", "/nonexistent/x"]);
     assert!(
-        !ok && err.contains("optim.lr must be > 0, found -1"),
+        !ok && err.contains("optim.lr must be a finite number > 0, found -1"),
         "{err}"
     );
     let (ok, _, err) = basisnet(&["eval", "--checkpoint", "/nonexistent"]);

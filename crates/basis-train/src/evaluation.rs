@@ -33,6 +33,13 @@ pub struct Evaluation {
     /// What the coefficients look like on the test set (BasisNet only).
     #[serde(default)]
     pub coefficients: Option<CoefficientStats>,
+    /// Test samples that could not be read and were left out of `images` (at most
+    /// `data.max_bad_fraction` of them, or the evaluation fails).
+    #[serde(default)]
+    pub bad_samples: usize,
+    /// The first of them, each `sample: problem`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bad_examples: Vec<String>,
 }
 
 impl Evaluation {
@@ -77,7 +84,8 @@ pub fn evaluate(
     let mut outcomes = ExitOutcomes::default();
     let mut coefficient_stats = CoefficientAccumulator::default();
     let device = model.device();
-    for batch in loader.epoch(0) {
+    let mut epoch = loader.epoch(0);
+    for batch in epoch.by_ref() {
         let batch = batch?.to_tensors(device)?;
         let out = model.forward_t(&batch, false)?;
         if let Some(alpha) = out.coefficients.first() {
@@ -100,6 +108,8 @@ pub fn evaluate(
             averaged.add(&out.specialist_logits, &batch.labels)?;
         }
     }
+    let report = epoch.report();
+    drop(epoch);
     let cost = model.cost(resolution)?;
     let is_basisnet = model.is_basisnet();
     let early_exit = if is_basisnet {
@@ -121,5 +131,7 @@ pub fn evaluate(
         early_exit,
         light_madds: cost.light_madds,
         full_madds: cost.full_madds,
+        bad_samples: report.skipped,
+        bad_examples: report.first_bad,
     })
 }

@@ -20,6 +20,7 @@ pub fn train_loader(recipe: &Recipe, shard: Shard) -> Result<Loader, TrainError>
             workers: recipe.data.workers,
             seed: recipe.train.seed,
             strict: recipe.data.strict,
+            max_bad_fraction: recipe.data.max_bad_fraction,
             drop_last: true,
             shard,
             ..LoaderConfig::default()
@@ -44,6 +45,7 @@ pub fn eval_loader(recipe: &Recipe, split: Split) -> Result<Loader, TrainError> 
             workers: recipe.data.workers,
             seed: recipe.train.seed,
             strict: recipe.data.strict,
+            max_bad_fraction: recipe.data.max_bad_fraction,
             shuffle: false,
             drop_last: false,
             ..LoaderConfig::default()

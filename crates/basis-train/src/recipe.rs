@@ -258,7 +258,10 @@ impl Recipe {
         let bad = |m: String| Err(RecipeError::Invalid(m));
         let o = &self.optim;
         if !(o.lr.is_finite() && o.lr > 0.0) {
-            return bad(format!("optim.lr must be > 0, found {}", o.lr));
+            return bad(format!(
+                "optim.lr must be a finite number > 0, found {}",
+                o.lr
+            ));
         }
         if o.weight_decay < 0.0 || !(0.0..1.0).contains(&o.momentum) {
             return bad(format!(
@@ -324,6 +327,12 @@ impl Recipe {
         }
         if self.data.workers == 0 {
             return bad("data.workers must be >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.data.max_bad_fraction) {
+            return bad(format!(
+                "data.max_bad_fraction is a fraction in [0, 1], found {}",
+                self.data.max_bad_fraction
+            ));
         }
         if let Some(mix) = &self.data.mix {
             mix.validate()

@@ -146,6 +146,29 @@ fn idx_files_with_a_wrong_magic_or_a_short_read_are_named() {
         .summary()
         .unwrap()
         .starts_with("skipped 3 bad sample(s) of 4; first: "));
+    // Past data.max_bad_fraction (here half), the epoch ends with the count and the first.
+    let limited = LoaderConfig {
+        max_bad_fraction: 0.5,
+        ..config.clone()
+    };
+    let loader = Loader::new(ds.clone(), augment.clone(), false, limited).unwrap();
+    let results: Vec<_> = loader.epoch(0).collect();
+    assert_eq!(results.len(), 2, "one batch, then the error");
+    let err = results[1].as_ref().unwrap_err().to_string();
+    assert!(
+        err.starts_with("3 of 4 samples (75.0%) were bad, more than data.max_bad_fraction = 50.0% allows (first: fashion-mnist train #1: label 11 out of range (0..10)"),
+        "{err}"
+    );
+    // An evaluation counts what it left out, and names the first few.
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let recipe = basis_train::Recipe::load("fashion-quick").unwrap();
+    let model = basis_train::Model::build(&vs.root(), &recipe).unwrap();
+    let loader = Loader::new(ds.clone(), augment.clone(), false, config.clone()).unwrap();
+    let e = basis_train::evaluate(&model, None, &loader, &[], 28).unwrap();
+    assert_eq!((e.images, e.bad_samples), (1, 3));
+    assert_eq!(e.bad_examples.len(), 3);
+    let json = serde_json::to_value(&e).unwrap();
+    assert_eq!(json["bad_samples"], 3);
     // ...and, strict, stops at the first with its name.
     let strict = LoaderConfig {
         strict: true,

@@ -70,7 +70,10 @@ fn recipe_errors_name_the_key_and_the_line() {
     assert_eq!(r.model.preset, "basisnet-fashion-mv2");
     // Impossible values are refused before any work.
     for (set, message) in [
-        ("optim.lr=-0.1", "optim.lr must be > 0, found -0.1"),
+        (
+            "optim.lr=-0.1",
+            "optim.lr must be a finite number > 0, found -0.1",
+        ),
         ("train.batch_size=0", "train.batch_size must be >= 1"),
         ("model.preset=\"resnet\"", "unknown preset \"resnet\""),
         ("train.ema_decay=1.5", "train.ema_decay must be in [0, 1)"),

@@ -95,9 +95,18 @@ impl AugmentConfig {
         }
         for (name, v) in [("mean", &self.mean), ("std", &self.std)] {
             if v.len() != 1 && v.len() != channels {
+                let expected = match channels {
+                    1 => "1 (the images have one channel)".to_string(),
+                    c => format!("1 or {c} (one per channel)"),
+                };
                 return bad(format!(
-                    "{name} has {} values, expected 1 or {channels} (one per channel)",
-                    v.len()
+                    "augment.{name} has {} values{}, expected {expected}",
+                    v.len(),
+                    if *v == IMAGENET_MEAN || *v == IMAGENET_STD {
+                        " (ImageNet's, the default)"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }

@@ -40,6 +40,9 @@ pub enum DataError {
     /// A pipeline setting that cannot work.
     #[error("invalid data configuration: {0}")]
     Config(String),
+    /// More bad samples than `data.max_bad_fraction` allows, or no good one.
+    #[error("{0}")]
+    TooManyBad(String),
     /// libtorch reported an error while making tensors.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

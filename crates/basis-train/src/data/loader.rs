@@ -38,6 +38,10 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Turn the first bad sample into an error (default: skip it, count it, report it).
     pub strict: bool,
+    /// The fraction of an epoch's samples that may be bad (skipped); more, or no good
+    /// sample at all, ends the epoch with [`DataError::TooManyBad`] (default 1: any
+    /// number, as long as one sample is good).
+    pub max_bad_fraction: f64,
     /// This process's part of every batch, in data-parallel training: batch `b` is made of
     /// the same samples, with the same augmentation, as in a single process, and shard `i`
     /// of `n` takes its `i`-th contiguous `batch_size / n` of them (default: 0 of 1).
@@ -70,6 +74,7 @@ impl Default for LoaderConfig {
             drop_last: false,
             seed: 0,
             strict: false,
+            max_bad_fraction: 1.0,
             shard: Shard::default(),
         }
     }
@@ -87,6 +92,39 @@ pub struct EpochReport {
 }
 
 impl EpochReport {
+    /// The error when more than `max_fraction` of the samples were bad, or all of them.
+    ///
+    /// ```
+    /// use basis_train::data::EpochReport;
+    /// let report = EpochReport { samples: 98, skipped: 2, first_bad: vec!["a.jpg: not an image".into()] };
+    /// assert!(report.too_many_bad(0.05).is_none());
+    /// let err = report.too_many_bad(0.01).unwrap().to_string();
+    /// assert!(err.starts_with("2 of 100 samples (2.0%) were bad, more than data.max_bad_fraction = 1.0% allows"), "{err}");
+    /// let none_good = EpochReport { samples: 0, skipped: 3, first_bad: vec![] };
+    /// assert!(none_good.too_many_bad(1.0).unwrap().to_string().starts_with("every one of the 3 samples was bad"));
+    /// ```
+    pub fn too_many_bad(&self, max_fraction: f64) -> Option<DataError> {
+        let total = self.samples + self.skipped;
+        if self.skipped == 0 {
+            return None;
+        }
+        let fraction = self.skipped as f64 / total as f64;
+        let first = self.first_bad.join("; ");
+        if self.samples == 0 {
+            return Some(DataError::TooManyBad(format!(
+                "every one of the {total} samples was bad (first: {first}); nothing was trained or evaluated"
+            )));
+        }
+        (fraction > max_fraction).then(|| {
+            DataError::TooManyBad(format!(
+                "{} of {total} samples ({:.1}%) were bad, more than data.max_bad_fraction = {:.1}% allows (first: {first}); fix or remove them, or raise data.max_bad_fraction",
+                self.skipped,
+                100.0 * fraction,
+                100.0 * max_fraction
+            ))
+        })
+    }
+
     /// One paragraph for the log when something was skipped.
     pub fn summary(&self) -> Option<String> {
         (self.skipped > 0).then(|| {
@@ -234,6 +272,7 @@ impl Loader {
             next: 0,
             total,
             failed: false,
+            max_bad_fraction: self.config.max_bad_fraction,
         }
     }
 
@@ -340,6 +379,7 @@ pub struct Epoch {
     next: usize,
     total: usize,
     failed: bool,
+    max_bad_fraction: f64,
 }
 
 impl Epoch {
@@ -382,6 +422,13 @@ impl Iterator for Epoch {
                         "a data worker stopped unexpectedly".into(),
                     )));
                 }
+            }
+        }
+        if !self.failed {
+            // Once, at the end: the epoch's bad samples against the limit.
+            self.failed = true;
+            if let Some(err) = self.report().too_many_bad(self.max_bad_fraction) {
+                return Some(Err(err));
             }
         }
         None

@@ -39,6 +39,9 @@ pub struct DataSection {
     pub workers: usize,
     /// Stop at the first bad sample instead of skipping it.
     pub strict: bool,
+    /// Skip bad samples up to this fraction of an epoch or an evaluation (0.01: 1%); more,
+    /// or every sample bad, stops the command with the count and the first few.
+    pub max_bad_fraction: f64,
     /// Training transforms (`resolution` and `light_resolution` come from the model).
     pub augment: AugmentConfig,
     /// Mixup / cutmix, if any.
@@ -54,6 +57,7 @@ impl Default for DataSection {
             eval_limit: None,
             workers: 2,
             strict: false,
+            max_bad_fraction: 0.01,
             augment: AugmentConfig::default(),
             mix: None,
         }
