@@ -263,7 +263,7 @@ impl Recipe {
                 o.lr
             ));
         }
-        if o.weight_decay < 0.0 || !(0.0..1.0).contains(&o.momentum) {
+        if !non_negative(o.weight_decay) || !(0.0..1.0).contains(&o.momentum) {
             return bad(format!(
                 "optim.weight_decay must be >= 0 and optim.momentum in [0, 1), found {} and {}",
                 o.weight_decay, o.momentum
@@ -295,19 +295,23 @@ impl Recipe {
             }
         }
         let s = &self.schedule;
-        if s.warmup_epochs < 0.0 || s.min_lr < 0.0 || !positive(s.gamma) || !positive(s.step_epochs)
+        if !non_negative(s.warmup_epochs)
+            || !non_negative(s.min_lr)
+            || !positive(s.gamma)
+            || !positive(s.step_epochs)
         {
             return bad(
                 "schedule: warmup_epochs and min_lr must be >= 0, gamma and step_epochs > 0".into(),
             );
         }
-        if self.loss.light_weight < 0.0 || !(0.0..1.0).contains(&self.loss.label_smoothing) {
+        if !non_negative(self.loss.light_weight) || !(0.0..1.0).contains(&self.loss.label_smoothing)
+        {
             return bad(format!(
                 "loss.light_weight must be >= 0 and loss.label_smoothing in [0, 1), found {} and {}",
                 self.loss.light_weight, self.loss.label_smoothing
             ));
         }
-        if self.loss.distill_weight < 0.0 || !positive(self.loss.distill_temperature) {
+        if !non_negative(self.loss.distill_weight) || !positive(self.loss.distill_temperature) {
             return bad(format!(
                 "loss.distill_weight must be >= 0 and loss.distill_temperature > 0, found {} and {}",
                 self.loss.distill_weight, self.loss.distill_temperature
@@ -328,6 +332,11 @@ impl Recipe {
         if self.data.workers == 0 {
             return bad("data.workers must be >= 1".into());
         }
+        if let Some(x) = t.exit_thresholds.iter().find(|x| !non_negative(**x)) {
+            return bad(format!(
+                "train.exit_thresholds are finite numbers >= 0 (confidences; above 1 no image exits), found {x}"
+            ));
+        }
         if !(0.0..=1.0).contains(&self.data.max_bad_fraction) {
             return bad(format!(
                 "data.max_bad_fraction is a fraction in [0, 1], found {}",
@@ -346,4 +355,9 @@ impl Recipe {
 /// Finite and strictly positive.
 fn positive(x: f64) -> bool {
     x.is_finite() && x > 0.0
+}
+
+/// Finite and >= 0.
+fn non_negative(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
 }

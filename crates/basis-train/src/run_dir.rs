@@ -13,7 +13,7 @@
 //! ```
 //! where `<name>` is `last`, `best` or `epoch-K` ([`Checkpoint`]) and `G` the generation
 //! of the save. Every file is written atomically ([`basis_models::atomic`]); a checkpoint
-//! is committed as a whole by its `.json`, written last ([`commit`]).
+//! is committed as a whole by its `.json`, written last ([`RunDir::write_checkpoint`]).
 
 mod commit;
 mod lock;

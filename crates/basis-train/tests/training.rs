@@ -81,6 +81,25 @@ fn recipe_errors_name_the_key_and_the_line() {
             "train.static_fraction=1",
             "train.static_fraction must be in [0, 1)",
         ),
+        // NaN and infinities fail every range check, not only the ones written for them.
+        ("optim.weight_decay=nan", "optim.weight_decay must be >= 0"),
+        ("loss.light_weight=nan", "loss.light_weight must be >= 0"),
+        (
+            "loss.distill_weight=inf",
+            "loss.distill_weight must be >= 0",
+        ),
+        (
+            "schedule.warmup_epochs=nan",
+            "warmup_epochs and min_lr must be >= 0",
+        ),
+        (
+            "train.exit_thresholds=[0.5, nan]",
+            "train.exit_thresholds are finite numbers >= 0",
+        ),
+        (
+            "data.max_bad_fraction=1.5",
+            "data.max_bad_fraction is a fraction in [0, 1], found 1.5",
+        ),
     ] {
         let err = base
             .with_overrides(&[set.into()])
