@@ -103,7 +103,8 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let mut json_rows = Vec::new();
     for r in &rows {
         let m = &r.metrics;
-        let exit = m.evaluation.operating_point(args.max_drop);
+        // Chosen on validation, reported on test.
+        let exit = m.early_exit_choice(args.max_drop).map(|(_, test)| test);
         let coeff = m.evaluation.coefficients.as_ref();
         let _ = writeln!(
             md,

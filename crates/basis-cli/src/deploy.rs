@@ -282,6 +282,10 @@ pub struct CalibrateArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// The split to choose on: the validation images held out of the training files
+    /// (default), or the test images (a choice made there is no longer a test result).
+    #[arg(long, value_enum, default_value_t = crate::train::SplitArg::Val)]
+    split: crate::train::SplitArg,
 }
 
 pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
@@ -296,7 +300,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<()> {
         .map(|i| 0.3 + 0.007 * f64::from(i))
         .chain([1.01])
         .collect();
-    let loader = eval_loader(&run.recipe, Split::Test)?;
+    let loader = eval_loader(&run.recipe, args.split.into())?;
     let e = evaluate(
         &run.model,
         None,

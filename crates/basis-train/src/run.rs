@@ -36,6 +36,9 @@ pub struct Run {
     optimizer: Optimizer,
     state: TrainerState,
     train: Loader,
+    /// The validation split: every epoch's evaluation, the `best` checkpoint.
+    val: Loader,
+    /// The test split: evaluated once, at the end, to report.
     test: Loader,
     resolution: i64,
     teacher: Option<Teacher>,
@@ -237,6 +240,7 @@ impl Run {
             })
             .unwrap_or_default();
         let train = train_loader(&recipe, shard)?;
+        let val = eval_loader(&recipe, Split::Val)?;
         let test = eval_loader(&recipe, Split::Test)?;
         let teacher = recipe
             .loss
@@ -265,6 +269,7 @@ impl Run {
             optimizer,
             state,
             train,
+            val,
             test,
             teacher,
             parallel,
@@ -305,10 +310,10 @@ impl Run {
     pub fn train_until(&mut self, stop: usize) -> Result<RunSummary, TrainError> {
         let stop = stop.min(self.recipe.train.epochs);
         let mut train_seconds = 0.0;
-        let mut evaluation = Evaluation::default();
+        let mut validation = Evaluation::default();
         let main = self.is_main();
         if self.state.epoch >= stop && main {
-            evaluation = self.evaluate()?;
+            validation = self.evaluate(&self.val)?;
         }
         while self.state.epoch < stop {
             let totals = self.train_epoch()?;
@@ -316,11 +321,17 @@ impl Run {
             if !main {
                 continue;
             }
-            evaluation = self.evaluate()?;
-            self.end_epoch(&totals, &evaluation)?;
+            validation = self.evaluate(&self.val)?;
+            self.end_epoch(&totals, &validation)?;
         }
+        // The test split reports the final weights; nothing is chosen on it.
+        let evaluation = match main {
+            true => self.evaluate(&self.test)?,
+            false => Evaluation::default(),
+        };
         let metrics = Metrics {
             evaluation,
+            validation: Some(validation),
             epochs: self.state.epoch,
             best_top1: self.state.best_top1,
             best_epoch: self.state.best_epoch,
@@ -397,11 +408,11 @@ impl Run {
         Ok(())
     }
 
-    fn evaluate(&self) -> Result<Evaluation, TrainError> {
+    fn evaluate(&self, loader: &Loader) -> Result<Evaluation, TrainError> {
         evaluate(
             &self.model,
             self.ema.as_ref().map(|(_, m, _)| m),
-            &self.test,
+            loader,
             &self.recipe.train.exit_thresholds,
             self.resolution,
         )

@@ -25,6 +25,7 @@ use crate::error::TrainError;
 use crate::evaluation::Evaluation;
 use crate::model::Model;
 use crate::recipe::Recipe;
+use basis_models::ExitPoint;
 use basis_models::{atomic, checkpoint};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,9 +53,14 @@ pub struct TrainerState {
 /// read by `compare`, `cargo xtask train` and anyone scripting over runs.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Metrics {
-    /// The evaluation after the last epoch (its fields stand at the top level).
+    /// The test split's evaluation of the final weights (its fields stand at the top
+    /// level): reported, never chosen on.
     #[serde(flatten)]
     pub evaluation: Evaluation,
+    /// The validation split's evaluation of the same weights, under `validation`: where
+    /// the early-exit threshold is chosen ([`Metrics::early_exit_choice`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Evaluation>,
     /// Epochs trained.
     pub epochs: usize,
     /// Best specialist top-1 over the epochs.
@@ -63,6 +69,36 @@ pub struct Metrics {
     pub best_epoch: usize,
     /// Wall-clock seconds of training in this process (evaluation excluded).
     pub train_seconds: f64,
+}
+
+impl Metrics {
+    /// The early-exit operating point chosen on the validation split (the cheapest
+    /// threshold within `max_drop` of the validation specialist top-1), with the test
+    /// split's point at the same threshold. `None` without a validation evaluation (a run
+    /// written before the split) or a curve.
+    ///
+    /// ```
+    /// use basis_train::{Evaluation, ExitPoint, Metrics};
+    /// let point = |threshold, top1, avg_madds| ExitPoint { threshold, exit_rate: 0.0, top1, avg_madds };
+    /// let curve = |a, b| vec![point(0.5, a, 10.0), point(0.9, b, 20.0)];
+    /// let m = Metrics {
+    ///     evaluation: Evaluation { specialist_top1: 0.9, early_exit: curve(0.80, 0.895), ..Default::default() },
+    ///     validation: Some(Evaluation { specialist_top1: 0.9, early_exit: curve(0.899, 0.9), ..Default::default() }),
+    ///     ..Default::default()
+    /// };
+    /// // Chosen on validation (0.5 is within half a point there), reported on test.
+    /// let (val, test) = m.early_exit_choice(0.005).unwrap();
+    /// assert_eq!((val.threshold, test.top1), (0.5, 0.80));
+    /// ```
+    pub fn early_exit_choice(&self, max_drop: f64) -> Option<(&ExitPoint, &ExitPoint)> {
+        let chosen = self.validation.as_ref()?.operating_point(max_drop)?;
+        let test = self
+            .evaluation
+            .early_exit
+            .iter()
+            .find(|p| p.threshold == chosen.threshold)?;
+        Some((chosen, test))
+    }
 }
 
 /// One row of `summary.csv`.
@@ -281,6 +317,11 @@ mod tests {
                 light_top1: Some(0.25),
                 ..Default::default()
             },
+            validation: Some(Evaluation {
+                images: 5,
+                specialist_top1: 0.6,
+                ..Default::default()
+            }),
             epochs: 3,
             best_top1: 0.5,
             best_epoch: 2,
@@ -290,6 +331,7 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.metrics_path()).unwrap()).unwrap();
         assert_eq!(json["specialist_top1"], 0.5);
+        assert_eq!(json["validation"]["specialist_top1"], 0.6);
         assert_eq!(json["epochs"], 3);
         assert_eq!(run.read_metrics().unwrap(), metrics);
         std::fs::write(run.metrics_path(), "{\"epochs\": 1}").unwrap();

@@ -30,6 +30,47 @@ fn fashion_mnist_has_its_splits_and_labels() {
     assert_eq!(counts, [6000; 10]);
     let mean: f64 = first.image.iter().map(|&v| f64::from(v)).sum::<f64>() / 784.0;
     assert!(mean > 10.0 && mean < 200.0, "{mean}");
+
+    // The recipe's splits: 5,000 training images held out for validation, disjoint from
+    // what is trained on, the same every time, every class present.
+    let section = basis_train::data::DataSection {
+        dir: Some(dir.clone()),
+        validation: 5000,
+        ..Default::default()
+    };
+    let (t, v, x) = (
+        section.open(Split::Train, 1).unwrap(),
+        section.open(Split::Val, 1).unwrap(),
+        section.open(Split::Test, 1).unwrap(),
+    );
+    assert_eq!((t.len(), v.len(), x.len()), (55_000, 5_000, 10_000));
+    let names = |ds: &dyn basis_train::data::Dataset| -> std::collections::BTreeSet<String> {
+        (0..ds.len()).map(|i| ds.describe(i)).collect()
+    };
+    let (tn, vn) = (names(t.as_ref()), names(v.as_ref()));
+    assert_eq!(tn.len() + vn.len(), 60_000);
+    assert!(tn.is_disjoint(&vn), "a validation image is trained on");
+    let mut per_class = [0usize; 10];
+    for i in 0..v.len() {
+        per_class[v.get(i).unwrap().label as usize] += 1;
+    }
+    assert!(
+        per_class.iter().all(|&c| (400..600).contains(&c)),
+        "{per_class:?}"
+    );
+    assert_eq!(names(section.open(Split::Val, 1).unwrap().as_ref()), vn);
+    let err = basis_train::data::DataSection {
+        validation: 60_000,
+        ..section
+    }
+    .open(Split::Train, 1)
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("data.validation = 60000 leaves no training images"),
+        "{err}"
+    );
 }
 
 fn write_gz(path: &Path, bytes: &[u8]) {

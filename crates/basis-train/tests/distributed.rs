@@ -271,10 +271,11 @@ fn synchronized_batch_norm_over_two_ranks_matches_one_process_on_the_union() {
     let (params, pname) = max_diff(&r0, &one, |n| !is_buffer(n));
     let (stats, sname) = max_diff(&r0, &one, is_buffer);
     eprintln!("sync BN vs one process: parameters {params:.3e} ({pname}), running statistics {stats:.3e} ({sname})");
-    // Measured: 1.4e-5 and 3.4e-5 (fp32 sums in another order, E[x^2] - E[x]^2 for the
-    // variance, amplified over three steps); local batch norm is 7.6e-3 away.
+    // Measured: 3.5e-5 and 2.2e-4 (fp32 sums in another order, E[x^2] - E[x]^2 for the
+    // variance, amplified over three steps; 1.4e-5 and 3.4e-5 on the batches before the
+    // validation hold-out); local batch norm is ~1e-2 away.
     assert!(params < 1e-4, "parameters {params} apart ({pname})");
-    assert!(stats < 2e-4, "running statistics {stats} apart ({sname})");
+    assert!(stats < 5e-4, "running statistics {stats} apart ({sname})");
     // Local batch norm (statistics of 16 images, not 32) is measurably further away: the
     // comparison above can tell the two apart.
     let local = common::scratch("distributed-sync-local");

@@ -308,6 +308,20 @@ fn a_run_resumed_at_an_epoch_boundary_ends_as_one_that_never_stopped() {
             .unwrap();
     assert!(metrics["light_top1"].is_number() && metrics["ema_specialist_top1"].is_number());
     assert_eq!(metrics["early_exit"].as_array().unwrap().len(), 8);
+    // Choices are made on validation: the best epoch is the one of the highest validation
+    // top-1 in summary.csv, and metrics.json labels the validation evaluation.
+    let v = &metrics["validation"];
+    assert!(v["specialist_top1"].is_number() && v["images"] == 64, "{v}");
+    let rows: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    let best = rows.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(
+        (metrics["best_top1"].as_f64().unwrap() - best).abs() < 1e-6,
+        "{csv}"
+    );
     assert!(stopped.join("recipe.toml").exists());
     // Plots: curves of both epochs, the early-exit sweep.
     let curves = std::fs::read_to_string(stopped.join("curves.svg")).unwrap();

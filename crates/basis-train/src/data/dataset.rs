@@ -32,20 +32,35 @@ pub trait Dataset: Send + Sync {
     fn describe(&self, index: usize) -> String;
 }
 
-/// The two splits of a dataset with a fixed train/test split.
+/// The splits of a dataset: its training files make the training and validation splits
+/// (the validation images held out of training by [`crate::data::DataSection::open`]),
+/// its test files the test split, which only reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
-    /// Training images.
+    /// Training images (the training files less the validation images).
     Train,
-    /// Test (validation) images.
+    /// Validation images: held out of the training files, never trained on; every choice
+    /// (best checkpoint, early-exit threshold, calibration) is made on them.
+    Val,
+    /// Test images (the official test or `val` files): reported, never chosen on.
     Test,
 }
 
 impl Split {
-    fn name(self) -> &'static str {
+    /// `train`, `val` or `test`.
+    pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
+            Split::Val => "val",
             Split::Test => "test",
+        }
+    }
+
+    /// The files a split comes from: the training files for [`Split::Val`].
+    pub fn files(self) -> Split {
+        match self {
+            Split::Val => Split::Train,
+            s => s,
         }
     }
 }
@@ -159,9 +174,10 @@ pub const FASHION_MNIST_CLASSES: [&str; 10] = [
 impl FashionMnist {
     /// Open a split from `dir` (`train-images-idx3-ubyte[.gz]`, `t10k-...`).
     pub fn open(dir: &Path, split: Split) -> Result<Self, DataError> {
+        let split = split.files();
         let prefix = match split {
-            Split::Train => "train",
             Split::Test => "t10k",
+            _ => "train",
         };
         let find = |stem: &str| -> Result<PathBuf, DataError> {
             let plain = dir.join(stem);
@@ -258,9 +274,10 @@ const CIFAR10_CLASSES: [&str; 10] = [
 impl Cifar {
     /// Open a split of CIFAR from `dir`.
     pub fn open(dir: &Path, variant: CifarVariant, split: Split) -> Result<Self, DataError> {
+        let split = split.files();
         let (files, label_bytes, classes): (Vec<String>, usize, Vec<String>) =
             match (variant, split) {
-                (CifarVariant::Cifar10, Split::Train) => (
+                (CifarVariant::Cifar10, Split::Train | Split::Val) => (
                     (1..=5).map(|i| format!("data_batch_{i}.bin")).collect(),
                     1,
                     CIFAR10_CLASSES.iter().map(|c| c.to_string()).collect(),

@@ -31,4 +31,4 @@ pub use dataset::{
 pub use error::DataError;
 pub use folder::{decode, ImageFolder, IMAGE_EXTENSIONS};
 pub use loader::{Epoch, EpochReport, Loader, LoaderConfig, Shard};
-pub use open::{default_data_root, DataSection, DatasetKind};
+pub use open::{default_data_root, holdout, DataSection, DatasetKind, VALIDATION_SEED};

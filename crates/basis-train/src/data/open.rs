@@ -5,6 +5,9 @@ use super::{
     AugmentConfig, Cifar, CifarVariant, DataError, Dataset, FashionMnist, ImageFolder, MixConfig,
     Sample, Split,
 };
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,8 +36,11 @@ pub struct DataSection {
     pub dir: Option<PathBuf>,
     /// Train on the first `limit` samples only (quick runs, tests).
     pub limit: Option<usize>,
-    /// Evaluate on the first `eval_limit` test samples only.
+    /// Evaluate on the first `eval_limit` validation and test samples only.
     pub eval_limit: Option<usize>,
+    /// Images held out of the training files as the validation split, drawn once with a
+    /// fixed seed (the same images for every run and recipe), never trained on.
+    pub validation: usize,
     /// Decoding threads.
     pub workers: usize,
     /// Stop at the first bad sample instead of skipping it.
@@ -55,6 +61,7 @@ impl Default for DataSection {
             dir: None,
             limit: None,
             eval_limit: None,
+            validation: 5000,
             workers: 2,
             strict: false,
             max_bad_fraction: 0.01,
@@ -91,8 +98,9 @@ impl DataSection {
         })
     }
 
-    /// Open `split` for a model that takes `channels`-channel images: the training split
-    /// limited to `limit` samples, the test split to `eval_limit`.
+    /// Open `split` for a model that takes `channels`-channel images: the training files
+    /// less the `validation` held-out images (limited to `limit`), those held-out images
+    /// ([`Split::Val`]), or the test files (both limited to `eval_limit`).
     pub fn open(&self, split: Split, channels: usize) -> Result<Arc<dyn Dataset>, DataError> {
         let dir = self.folder();
         let ds: Arc<dyn Dataset> = match self.dataset {
@@ -100,9 +108,9 @@ impl DataSection {
             DatasetKind::Cifar10 => Arc::new(Cifar::open(&dir, CifarVariant::Cifar10, split)?),
             DatasetKind::Cifar100 => Arc::new(Cifar::open(&dir, CifarVariant::Cifar100, split)?),
             DatasetKind::Folder => Arc::new(ImageFolder::open(
-                &dir.join(match split {
-                    Split::Train => "train",
+                &dir.join(match split.files() {
                     Split::Test => "val",
+                    _ => "train",
                 }),
                 channels,
             )?),
@@ -113,26 +121,66 @@ impl DataSection {
                 ds.channels()
             )));
         }
-        let limit = match split {
-            Split::Train => self.limit,
-            Split::Test => self.eval_limit,
+        let (mut indices, limit) = match split {
+            Split::Test => ((0..ds.len()).collect(), self.eval_limit),
+            s => {
+                let (train, val) = holdout(ds.len(), self.validation).ok_or_else(|| {
+                    DataError::Config(format!(
+                        "data.validation = {} leaves no training images: the training files hold {}",
+                        self.validation,
+                        ds.len()
+                    ))
+                })?;
+                match s {
+                    Split::Val => (val, self.eval_limit),
+                    _ => (train, self.limit),
+                }
+            }
         };
-        Ok(match limit {
-            Some(n) => Arc::new(Subset { inner: ds, n }),
-            None => ds,
-        })
+        if let Some(n) = limit {
+            indices.truncate(n);
+        }
+        Ok(Arc::new(Subset { inner: ds, indices }))
     }
 }
 
-/// The first `n` samples of a dataset.
+/// The seed the validation images are drawn with: fixed, so that every run of every recipe
+/// holds out the same images.
+pub const VALIDATION_SEED: u64 = 0x7a11_da7e;
+
+/// The training and validation indices of `len` training images, `validation` of them held
+/// out (drawn with [`VALIDATION_SEED`]); both in file order. `None` when nothing is left to
+/// train on.
+///
+/// ```
+/// let (train, val) = basis_train::data::holdout(10, 3).unwrap();
+/// assert_eq!((train.len(), val.len()), (7, 3));
+/// assert!(val.iter().all(|i| !train.contains(i)));
+/// assert_eq!(basis_train::data::holdout(10, 3).unwrap().1, val, "the same images every time");
+/// assert!(basis_train::data::holdout(3, 3).is_none());
+/// ```
+pub fn holdout(len: usize, validation: usize) -> Option<(Vec<usize>, Vec<usize>)> {
+    if validation >= len && len > 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..len).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(VALIDATION_SEED));
+    let mut val = order[..validation.min(len)].to_vec();
+    let mut train = order[validation.min(len)..].to_vec();
+    val.sort_unstable();
+    train.sort_unstable();
+    Some((train, val))
+}
+
+/// The samples of a dataset at `indices`.
 struct Subset {
     inner: Arc<dyn Dataset>,
-    n: usize,
+    indices: Vec<usize>,
 }
 
 impl Dataset for Subset {
     fn len(&self) -> usize {
-        self.n.min(self.inner.len())
+        self.indices.len()
     }
     fn classes(&self) -> &[String] {
         self.inner.classes()
@@ -141,9 +189,9 @@ impl Dataset for Subset {
         self.inner.channels()
     }
     fn get(&self, index: usize) -> Result<Sample, DataError> {
-        self.inner.get(index)
+        self.inner.get(self.indices[index])
     }
     fn describe(&self, index: usize) -> String {
-        self.inner.describe(index)
+        self.inner.describe(self.indices[index])
     }
 }
