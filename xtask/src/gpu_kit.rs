@@ -202,22 +202,74 @@ fn retarget_manifest(manifest: &str) -> Result<String> {
     Ok(out.join("\n") + "\n")
 }
 
-/// Build the kit's binaries in the workspace at `dir` into `target`.
+/// The kit's binaries: (package, target name) of each, in [`Built`]'s order.
+const TARGETS: [(&str, &str); 5] = [
+    ("basis-cli", "basisnet"),
+    ("basis-models", "cuda"),
+    ("basis-train", "cuda"),
+    ("basis-train", "train_step"),
+    ("basis-train", "pipeline"),
+];
+
+/// Build the kit's binaries in the workspace at `dir` into `target`. The debug kit takes
+/// the artifacts `cargo test --workspace` builds (one command over the whole workspace,
+/// so the features are the same and nothing is compiled twice); the release side build
+/// builds each binary on its own.
 fn build(dir: &Path, target: &Path, release: bool, env: impl Fn(&mut Command)) -> Result<Built> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let profile: &[&str] = if release { &["--release"] } else { &[] };
-    let mut built = Vec::new();
-    for args in [
-        &["build", "-p", "basis-cli", "--bin", "basisnet"][..],
-        &["test", "--no-run", "-p", "basis-models", "--test", "cuda"],
-        &["test", "--no-run", "-p", "basis-train", "--test", "cuda"],
-        &["build", "-p", "basis-train", "--bench", "train_step"],
-        &["build", "-p", "basis-train", "--bench", "pipeline"],
-    ] {
+    let commands: Vec<Vec<&str>> = if release {
+        vec![
+            vec!["build", "--release", "-p", "basis-cli", "--bin", "basisnet"],
+            vec![
+                "test",
+                "--release",
+                "--no-run",
+                "-p",
+                "basis-models",
+                "--test",
+                "cuda",
+            ],
+            vec![
+                "test",
+                "--release",
+                "--no-run",
+                "-p",
+                "basis-train",
+                "--test",
+                "cuda",
+            ],
+            vec![
+                "build",
+                "--release",
+                "-p",
+                "basis-train",
+                "--bench",
+                "train_step",
+            ],
+            vec![
+                "build",
+                "--release",
+                "-p",
+                "basis-train",
+                "--bench",
+                "pipeline",
+            ],
+        ]
+    } else {
+        vec![vec![
+            "test",
+            "--workspace",
+            "--no-run",
+            "--tests",
+            "--bins",
+            "--benches",
+        ]]
+    };
+    let mut messages = Vec::new();
+    for args in commands {
         let mut cmd = Command::new(&cargo);
         cmd.current_dir(dir)
-            .args(args)
-            .args(profile)
+            .args(&args)
             .args(["--message-format", "json-render-diagnostics"])
             .env("CARGO_TARGET_DIR", target)
             .stderr(Stdio::inherit());
@@ -226,13 +278,18 @@ fn build(dir: &Path, target: &Path, release: bool, env: impl Fn(&mut Command)) -
         if !out.status.success() {
             bail!("cargo {} failed ({})", args.join(" "), out.status);
         }
-        built.push(
-            executable(&out.stdout, args[args.len() - 1])
-                .with_context(|| format!("cargo {} named no executable", args.join(" ")))?,
+        messages.extend(out.stdout);
+        messages.push(b'\n');
+    }
+    let mut found = Vec::new();
+    for (package, name) in TARGETS {
+        found.push(
+            executable(&messages, package, name)
+                .with_context(|| format!("cargo named no executable for {package}'s {name}"))?,
         );
     }
-    let mut built = built.into_iter();
-    let mut next = || built.next().expect("five builds");
+    let mut found = found.into_iter();
+    let mut next = || found.next().expect("one executable a target");
     Ok(Built {
         basisnet: next(),
         cuda_models: next(),
@@ -242,12 +299,18 @@ fn build(dir: &Path, target: &Path, release: bool, env: impl Fn(&mut Command)) -
     })
 }
 
-/// The executable cargo's JSON messages report for the target named `name`.
-fn executable(messages: &[u8], name: &str) -> Option<PathBuf> {
+/// The executable cargo's JSON messages report for the target `name` of `package`.
+fn executable(messages: &[u8], package: &str, name: &str) -> Option<PathBuf> {
+    let manifest = format!("/{package}/Cargo.toml");
     String::from_utf8_lossy(messages)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == name)
+        .filter(|v| {
+            v["manifest_path"]
+                .as_str()
+                .is_some_and(|m| m.ends_with(&manifest))
+        })
         .find_map(|v| v["executable"].as_str().map(PathBuf::from))
 }
 
@@ -263,7 +326,7 @@ fn xtask_binary(root: &Path) -> Result<PathBuf> {
     if !out.status.success() {
         bail!("cargo build --release -p xtask failed ({})", out.status);
     }
-    executable(&out.stdout, "xtask").context("cargo build -p xtask named no executable")
+    executable(&out.stdout, "xtask", "xtask").context("cargo build -p xtask named no executable")
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {

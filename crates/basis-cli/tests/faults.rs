@@ -132,6 +132,10 @@ fn a_run_killed_or_out_of_disk_while_saving_resumes_to_the_same_weights() {
         assert!(resumed.status.success(), "step {at}: {}", stderr(&resumed));
         assert_same(&reference, &last(&dir), &format!("disk full at step {at}"));
     }
+    // Each run folder holds ~400 MB of checkpoints.
+    for name in ["faults-straight", "faults-killed", "faults-full"] {
+        let _ = std::fs::remove_dir_all(scratch(name));
+    }
 }
 
 #[test]
@@ -163,6 +167,7 @@ fn a_mixture_of_two_saves_is_refused_and_resume_falls_back_to_a_complete_epoch()
         err.contains("is incomplete") && err.contains("resuming from the epoch-2 checkpoint"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -215,6 +220,7 @@ fn train_takes_only_a_new_or_empty_folder_and_one_process_at_a_time() {
     sleeper.wait().unwrap();
     let out = train(&dir, true, None);
     assert!(out.status.success(), "stale lock: {}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -272,4 +278,5 @@ fn bad_command_line_values_are_one_sentence_that_says_each_cause_once() {
     ]);
     assert!(!ok && err.contains("augment.mean has 3 values"), "{err}");
     assert!(!run.exists());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,6 +13,8 @@ mod basisnet;
 mod batch_norm;
 pub mod checkpoint;
 mod config;
+#[doc(hidden)]
+pub mod cuda_checks;
 pub mod early_exit;
 mod error;
 mod layers;

@@ -13,13 +13,11 @@ use basis_train::distributed::DataParallel;
 use basis_train::optim::Optimizer;
 use basis_train::recipe::{DistributedSection, LossSection, OptimSection, OptimizerKind};
 use basis_train::{joint_loss, Model, Phase};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 use tch::{nn, Device, Kind, Tensor};
 
-/// A check: its name and the function that runs it on a CUDA device.
-type Case = (&'static str, fn(Device));
+use basis_models::cuda_checks::Case;
 
 const CASES: [Case; 5] = [
     (
@@ -279,31 +277,5 @@ fn deterministic_resume(cuda: Device) {
 }
 
 fn main() {
-    // `BASISNET_CUDA_DRY_RUN=1` runs the cases with the CPU standing in for the GPU: it
-    // checks the cases' own code on a machine without CUDA (CI), not CUDA.
-    let dry = std::env::var_os("BASISNET_CUDA_DRY_RUN").is_some();
-    if !tch::Cuda::is_available() && !dry {
-        for (name, _) in CASES {
-            println!("test {name} ... skipped: libtorch sees no CUDA device");
-        }
-        println!("cuda: 0 passed, 0 failed, {} skipped", CASES.len());
-        return;
-    }
-    let cuda = if dry {
-        println!("dry run: the CPU stands in for the GPU");
-        Device::Cpu
-    } else {
-        Device::Cuda(0)
-    };
-    let mut failed = 0;
-    for (name, case) in CASES {
-        println!("test {name} ...");
-        let ok = catch_unwind(AssertUnwindSafe(|| case(cuda))).is_ok();
-        println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
-        failed += usize::from(!ok);
-    }
-    println!("cuda: {} passed, {failed} failed", CASES.len() - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    basis_models::cuda_checks::run(&CASES);
 }

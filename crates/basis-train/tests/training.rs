@@ -521,21 +521,7 @@ fn teachers_are_our_runs_or_torchscript_modules() {
     assert!(student.join("last.json").exists());
     // A TorchScript module exported from PyTorch teaches (a linear model on 28x28 images).
     let script = common::scratch("teacher-script").join("teacher.pt");
-    let site = common::python_site();
-    let code = format!(
-        "import torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\ntorch.jit.script(m).save({:?})\n",
-        script.display().to_string()
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &code])
-        .env("PYTHONPATH", site)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    torchscript_linear_teacher(&script, "");
     let student = common::scratch("student-script");
     let mut r = tiny(&["train.epochs=1"]);
     r.loss.teacher = Some(script);
@@ -593,6 +579,25 @@ fn mixed_precision_steps_stay_finite_and_close_to_fp32() {
             losses[0]
         );
     }
+}
+
+/// Save a TorchScript linear model on 28x28 images (`m`) at `path`, after running the
+/// Python `setup` on it, with the PyTorch `cargo xtask setup` installed.
+fn torchscript_linear_teacher(path: &std::path::Path, setup: &str) {
+    let code = format!(
+        "import torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\n{setup}torch.jit.script(m).save({:?})\n",
+        path.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &code])
+        .env("PYTHONPATH", common::python_site())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The share of `split` images `run`'s specialist assigns to each class, and its top-1.
@@ -654,6 +659,8 @@ fn models_learn_fashion_mnist_well_above_chance() {
         // The metrics are the model's: counted again by hand on the test split.
         let (_, by_hand) = predictions(&run, basis_train::data::Split::Test);
         assert!((by_hand - m.specialist_top1).abs() < 1e-9, "{by_hand}");
+        drop(run);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -662,19 +669,9 @@ fn a_student_follows_a_teacher_that_is_wrong_on_purpose() {
     let _turn = serial();
     // A TorchScript teacher that calls every image "Dress" (class 3), firmly.
     let script = common::scratch("teacher-dress").join("teacher.pt");
-    let code = format!(
-        "import torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\nwith torch.no_grad():\n    m[1].weight.zero_()\n    m[1].bias.zero_()\n    m[1].bias[3] = 10.0\ntorch.jit.script(m).save({:?})\n",
-        script.display().to_string()
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &code])
-        .env("PYTHONPATH", common::python_site())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    torchscript_linear_teacher(
+        &script,
+        "with torch.no_grad():\n    m[1].weight.zero_()\n    m[1].bias.zero_()\n    m[1].bias[3] = 10.0\n",
     );
     let sets = [
         "data.limit=512",
@@ -694,6 +691,8 @@ fn a_student_follows_a_teacher_that_is_wrong_on_purpose() {
         run.train().unwrap();
         let (share, _) = predictions(&run, basis_train::data::Split::Val);
         shares.push(share[3]);
+        drop(run);
+        let _ = std::fs::remove_dir_all(&dir);
     }
     eprintln!(
         "share of 'Dress': alone {:.3}, taught {:.3}",
