@@ -202,13 +202,13 @@ fn retarget_manifest(manifest: &str) -> Result<String> {
     Ok(out.join("\n") + "\n")
 }
 
-/// The kit's binaries: (package, target name) of each, in [`Built`]'s order.
-const TARGETS: [(&str, &str); 5] = [
-    ("basis-cli", "basisnet"),
-    ("basis-models", "cuda"),
-    ("basis-train", "cuda"),
-    ("basis-train", "train_step"),
-    ("basis-train", "pipeline"),
+/// The kit's binaries: (package, kind of target, target name), in [`Built`]'s order.
+const TARGETS: [(&str, &str, &str); 5] = [
+    ("basis-cli", "bin", "basisnet"),
+    ("basis-models", "test", "cuda"),
+    ("basis-train", "test", "cuda"),
+    ("basis-train", "bench", "train_step"),
+    ("basis-train", "bench", "pipeline"),
 ];
 
 /// Build the kit's binaries in the workspace at `dir` into `target`. The debug kit takes
@@ -217,53 +217,21 @@ const TARGETS: [(&str, &str); 5] = [
 /// builds each binary on its own.
 fn build(dir: &Path, target: &Path, release: bool, env: impl Fn(&mut Command)) -> Result<Built> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let commands: Vec<Vec<&str>> = if release {
-        vec![
-            vec!["build", "--release", "-p", "basis-cli", "--bin", "basisnet"],
-            vec![
-                "test",
-                "--release",
-                "--no-run",
-                "-p",
-                "basis-models",
-                "--test",
-                "cuda",
-            ],
-            vec![
-                "test",
-                "--release",
-                "--no-run",
-                "-p",
-                "basis-train",
-                "--test",
-                "cuda",
-            ],
-            vec![
-                "build",
-                "--release",
-                "-p",
-                "basis-train",
-                "--bench",
-                "train_step",
-            ],
-            vec![
-                "build",
-                "--release",
-                "-p",
-                "basis-train",
-                "--bench",
-                "pipeline",
-            ],
-        ]
+    let words = |line: &str| line.split(' ').map(String::from).collect::<Vec<_>>();
+    let commands: Vec<Vec<String>> = if release {
+        TARGETS
+            .iter()
+            .map(|(package, kind, name)| {
+                let verb = if *kind == "test" {
+                    "test --no-run"
+                } else {
+                    "build"
+                };
+                words(&format!("{verb} --release -p {package} --{kind} {name}"))
+            })
+            .collect()
     } else {
-        vec![vec![
-            "test",
-            "--workspace",
-            "--no-run",
-            "--tests",
-            "--bins",
-            "--benches",
-        ]]
+        vec![words("test --workspace --no-run --tests --bins --benches")]
     };
     let mut messages = Vec::new();
     for args in commands {
@@ -282,7 +250,7 @@ fn build(dir: &Path, target: &Path, release: bool, env: impl Fn(&mut Command)) -
         messages.push(b'\n');
     }
     let mut found = Vec::new();
-    for (package, name) in TARGETS {
+    for (package, _, name) in TARGETS {
         found.push(
             executable(&messages, package, name)
                 .with_context(|| format!("cargo named no executable for {package}'s {name}"))?,

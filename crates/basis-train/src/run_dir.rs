@@ -281,7 +281,7 @@ pub(crate) fn write(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
     atomic::write(path, bytes).map_err(TrainError::io(path))
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::Run(format!("{}: could not encode ({e})", path.display())))?;
     write(path, text.as_bytes())

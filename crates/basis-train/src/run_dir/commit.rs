@@ -14,7 +14,7 @@
 //! and, when loaded, carries its generation. Runs written before generations (state files
 //! without one) are read with their old file names.
 
-use super::{write, RunDir, TrainerState};
+use super::{RunDir, TrainerState};
 use crate::error::TrainError;
 use crate::recipe::Recipe;
 use basis_models::checkpoint;
@@ -33,6 +33,31 @@ pub enum Checkpoint {
     Best,
     /// The end of epoch `K` (every `train.checkpoint_every` epochs).
     Epoch(usize),
+}
+
+impl Checkpoint {
+    /// The checkpoint whose commit is the file `name` (`last.json`, `epoch-3.json`, ...).
+    fn of_commit(name: &str) -> Option<Self> {
+        match name.strip_suffix(".json")? {
+            "last" => Some(Checkpoint::Last),
+            "best" => Some(Checkpoint::Best),
+            s => s
+                .strip_prefix("epoch-")?
+                .parse()
+                .ok()
+                .map(Checkpoint::Epoch),
+        }
+    }
+}
+
+/// Whether `name` is a data file of some generation (`<name>-gG[-ema|-optim].safetensors`).
+fn is_generation_file(name: &str) -> bool {
+    name.strip_suffix(".safetensors").is_some_and(|stem| {
+        stem.split('-').any(|part| {
+            part.strip_prefix('g')
+                .is_some_and(|g| !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()))
+        })
+    })
 }
 
 impl fmt::Display for Checkpoint {
@@ -168,11 +193,9 @@ impl RunDir {
         let mut epochs: Vec<usize> = self
             .entries()
             .iter()
-            .filter_map(|n| {
-                n.strip_prefix("epoch-")?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()
+            .filter_map(|n| match Checkpoint::of_commit(n)? {
+                Checkpoint::Epoch(k) => Some(k),
+                _ => None,
             })
             .collect();
         epochs.sort_unstable_by(|a, b| b.cmp(a));
@@ -248,9 +271,7 @@ impl RunDir {
             generation,
             files: sizes,
         };
-        let text = serde_json::to_string_pretty(&commit)
-            .map_err(|e| TrainError::Run(format!("could not encode the trainer state: {e}")))?;
-        write(&files.state, text.as_bytes())?;
+        super::write_json(&files.state, &commit)?;
         if let Some(old) = previous {
             for path in [old.weights, old.ema, old.optimizer] {
                 if !written.contains(&path) {
@@ -266,16 +287,8 @@ impl RunDir {
     pub fn remove_stale_files(&self) -> Result<(), TrainError> {
         let mut keep = Vec::new();
         for name in self.entries() {
-            let Some(stem) = name.strip_suffix(".json") else {
+            let Some(checkpoint) = Checkpoint::of_commit(&name) else {
                 continue;
-            };
-            let checkpoint = match stem {
-                "last" => Checkpoint::Last,
-                "best" => Checkpoint::Best,
-                s => match s.strip_prefix("epoch-").and_then(|k| k.parse().ok()) {
-                    Some(k) => Checkpoint::Epoch(k),
-                    None => continue,
-                },
             };
             if let Ok(commit) = super::read_json::<Commit>(&self.path().join(&name), "commit") {
                 let f = self.checkpoint_files(checkpoint, commit.generation);
@@ -284,15 +297,7 @@ impl RunDir {
         }
         for name in self.entries() {
             let path = self.path().join(&name);
-            let generation_file = name.ends_with(".safetensors")
-                && name.split('-').any(|p| {
-                    p.starts_with('g')
-                        && p[1..]
-                            .split('.')
-                            .next()
-                            .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
-                });
-            if name.ends_with(".tmp") || (generation_file && !keep.contains(&path)) {
+            if name.ends_with(".tmp") || (is_generation_file(&name) && !keep.contains(&path)) {
                 std::fs::remove_file(&path).map_err(TrainError::io(&path))?;
             }
         }
@@ -306,5 +311,36 @@ impl RunDir {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_and_generation_file_names_are_told_apart() {
+        assert_eq!(Checkpoint::of_commit("last.json"), Some(Checkpoint::Last));
+        assert_eq!(
+            Checkpoint::of_commit("epoch-12.json"),
+            Some(Checkpoint::Epoch(12))
+        );
+        assert_eq!(Checkpoint::of_commit("metrics.json"), None);
+        assert_eq!(Checkpoint::of_commit("epoch-x.json"), None);
+        for name in [
+            "last-g7.safetensors",
+            "epoch-3-g2-optim.safetensors",
+            "best-g1-ema.safetensors",
+        ] {
+            assert!(is_generation_file(name), "{name}");
+        }
+        for name in [
+            "last.safetensors",
+            "my-graph.safetensors",
+            "last-g.safetensors",
+            "last-g7.json",
+        ] {
+            assert!(!is_generation_file(name), "{name}");
+        }
     }
 }
