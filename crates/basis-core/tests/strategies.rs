@@ -297,19 +297,23 @@ fn auto_equals_the_reference_on_every_kind_of_layer() {
             };
             let mut shape = vec![4];
             shape.extend(g.weight_shape());
-            let (x, bank, alpha) = seeded(case.seed, || {
+            let (x, bank, alpha, bias) = seeded(case.seed, || {
                 (
                     Tensor::randn([batch, g.in_channels, 10, 10], (Kind::Float, Device::Cpu)),
                     Tensor::randn(&shape, (Kind::Float, Device::Cpu)),
                     Tensor::rand([rows, 4], (Kind::Float, Device::Cpu)),
+                    case.bias
+                        .then(|| Tensor::randn([4, g.out_channels], (Kind::Float, Device::Cpu))),
                 )
             });
-            let layer = BasisConv2d::from_bank(&bank, None, *g).unwrap();
+            let layer = BasisConv2d::from_bank(&bank, bias.as_ref(), *g).unwrap();
+            assert_eq!(layer.bank().bias().is_some(), case.bias);
             let auto = layer.forward(&x, &alpha).unwrap();
-            let reference = reference_conv(&x, &alpha, &bank, None, g);
+            let reference = reference_conv(&x, &alpha, &bank, bias.as_ref(), g);
             assert!(
                 auto.allclose(&reference, TOL, TOL, false),
-                "layer {i}, batch {batch}, rows {rows}"
+                "layer {i} (bias: {}), batch {batch}, rows {rows}",
+                case.bias
             );
         }
     }
