@@ -150,7 +150,7 @@ fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Resu
         .to_string();
     let mut md = format!(
         "# Benchmark report\n\n`cargo xtask bench`, {}. Device: {device}. Ratios are ours / PyTorch (higher is better for ours); medians of each side's timed runs, both sides in the same run.\n\n",
-        date()
+        util::date()
     );
     md.push_str("## Summary\n\n| comparison | ours images/s | PyTorch images/s | ratio |\n|---|---|---|---|\n");
     for r in rows {
@@ -240,16 +240,6 @@ fn tables_only(text: &str) -> String {
         in_table = table;
     }
     keep.join("\n")
-}
-
-fn date() -> String {
-    Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Run `cmd` and parse its standard output as one JSON value; `what` names it in errors.

@@ -120,7 +120,7 @@ pub fn run(args: &GpuKitArgs) -> Result<PathBuf> {
                 Libtorch::Gpu => GPU_TORCH,
                 Libtorch::Current => setup::TORCH_VERSION,
             },
-            commit(&root)
+            util::commit(&root)
         ),
     )?;
     let bytes = folder_bytes(&kit)?;
@@ -324,17 +324,6 @@ fn folder_bytes(dir: &Path) -> Result<u64> {
         };
     }
     Ok(total)
-}
-
-fn commit(root: &Path) -> String {
-    Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 #[cfg(test)]

@@ -23,6 +23,38 @@ pub fn run(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// The date and time now, in UTC (`2026-12-01 06:10 UTC`); empty if `date` fails.
+pub fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The short hash of the checkout's `HEAD` (`unknown` outside git), with `+changes` when
+/// tracked files differ from it.
+pub fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        None => "unknown".into(),
+        Some(hash) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{hash}+changes"),
+            _ => hash,
+        },
+    }
+}
+
 /// Free bytes on the file system that holds `path` (or its nearest existing ancestor).
 pub fn free_bytes(path: &Path) -> Option<u64> {
     let mut probe = path;

@@ -1,11 +1,13 @@
 //! `basisnet`: the command line of basisnet-rs.
 
 mod bench;
+mod claims;
 mod compare;
 mod deploy;
 mod numbers;
 mod profile;
 mod progress;
+mod spread;
 mod train;
 mod weights;
 

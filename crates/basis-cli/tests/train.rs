@@ -201,6 +201,55 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
     ] {
         assert!(report.join(f).exists(), "{f}");
     }
+    // Seeds: runs whose recipes differ only in train.seed are one row, mean ± sd; the
+    // claims pair them by seed. Four runs made from this one's files with known top-1s.
+    let seeds = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-compare-seeds");
+    let _ = std::fs::remove_dir_all(&seeds);
+    let recipe = std::fs::read_to_string(dir.join("recipe.toml")).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    let mut made = Vec::new();
+    for (name, baseline, seed, top1) in [
+        ("basisnet", false, 0, 0.80),
+        ("basisnet", false, 1, 0.90),
+        ("static", true, 0, 0.79),
+        ("static", true, 1, 0.88),
+    ] {
+        let run = seeds.join(name).join(format!("seed-{seed}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let r = recipe
+            .replace("seed = 0", &format!("seed = {seed}"))
+            .replace("baseline = false", &format!("baseline = {baseline}"));
+        assert!(
+            r.contains(&format!("seed = {seed}")) && r.contains(&format!("baseline = {baseline}"))
+        );
+        std::fs::write(run.join("recipe.toml"), r).unwrap();
+        let mut m = metrics.clone();
+        m["specialist_top1"] = top1.into();
+        std::fs::write(run.join("metrics.json"), m.to_string()).unwrap();
+        made.push(run.to_str().unwrap().to_string());
+    }
+    let mut args = vec!["compare", "--out", r];
+    args.extend(made.iter().map(String::as_str));
+    let (ok, table, err) = basisnet(&args);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("| basisnet | BasisNet, N = 4: mobilenet_v3_small 1 at 28 px | 2 (0, 1) |")
+            && table.contains("| 85.00 ± 7.07 |")
+            && table.contains("| static | static: mobilenet_v3_small 1 at 28 px | 2 (0, 1) |")
+            && table.contains("| 83.50 ± 6.36 |"),
+        "{table}"
+    );
+    // BasisNet minus static, per seed: +1 and +2 points; t(0.975, 1) = 12.706.
+    assert!(
+        table.contains("- basisnet: +1.50 ± 0.71 points (2 seeds, 95% CI [-4.85, +7.85]; ahead in 2 of 2): **unresolved**"),
+        "{table}"
+    );
+    let (ok, _, err) = basisnet(&["compare", &made[0], &made[0], "--out", r]);
+    assert!(
+        !ok && err.contains("the same recipe with the same seed 0"),
+        "{err}"
+    );
     let (ok, _, err) = basisnet(&["compare", "/nonexistent-run", "--out", r]);
     assert!(
         !ok && err.contains("/nonexistent-run: expected a finished run directory"),
