@@ -7,7 +7,7 @@
 //! - `cargo xtask train [--baseline]`: the main job (Fashion-MNIST BasisNet on the CPU).
 //! - `cargo xtask bench`: every benchmark plus the end-to-end comparison with PyTorch,
 //!   into `target/bench/report.md` and `report.json`.
-//! - `cargo xtask repro [--quick]`: the paper's claims at small scale.
+//! - `cargo xtask repro [--quick] [--seeds K] [--configs ...] [--publish]`: the paper's claims at small scale, over seeds.
 //! - `cargo xtask docs`: the book into `target/book`.
 //! - `cargo xtask gpu-kit`: the binaries and script a GPU machine without Rust runs.
 

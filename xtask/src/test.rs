@@ -70,7 +70,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
     if !args.no_docs {
         step("cargo xtask repro --quick");
         // The test command's own scratch folder, emptied first so that a second
-        // `cargo xtask test` runs the reproduction again (repro refuses to overwrite runs).
+        // `cargo xtask test` trains the reproduction again (repro keeps finished runs).
         let out = util::workspace_root().join("target").join("repro-test");
         if out.exists() {
             std::fs::remove_dir_all(&out)

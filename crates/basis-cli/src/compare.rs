@@ -216,6 +216,7 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     }
     plots(&groups, &args.out)?;
     std::fs::write(args.out.join("results.md"), &md)?;
+    std::fs::write(args.out.join("summary.md"), summary(&groups, args.max_drop))?;
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_string_pretty(&json(&groups, args.max_drop))?,
@@ -291,6 +292,35 @@ fn table(groups: &[Group], max_drop: f64) -> String {
                 3
             ),
             cell(g.spread(|m| Some(m.train_seconds)), 1.0, 0),
+        );
+    }
+    md
+}
+
+/// `summary.md`: the short table (what a README quotes), mean ± sd over seeds.
+fn summary(groups: &[Group], max_drop: f64) -> String {
+    let mut md = String::from(
+        "| configuration | seeds | validation top-1 | test top-1 | MAdds per image | early exit chosen on validation: test top-1 at average MAdds |\n|---|---|---|---|---|---|\n",
+    );
+    for g in groups {
+        let exit = |f: fn(&basis_models::ExitPoint) -> f64| {
+            g.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| f(t)))
+        };
+        let early = match (exit(|p| p.top1), exit(|p| p.avg_madds)) {
+            (Some(top1), Some(madds)) => {
+                format!("{}% at {}", top1.show(100.0, 2), madds.show(1.0, 0))
+            }
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} ({}) | {} | {}% | {}% | {} | {early} |",
+            g.name,
+            g.what,
+            g.runs.len(),
+            cell(g.spread(validation_top1), 100.0, 2),
+            cell(g.spread(test_top1), 100.0, 2),
+            cell(g.spread(|m| Some(m.evaluation.full_madds as f64)), 1.0, 0),
         );
     }
     md
