@@ -91,14 +91,23 @@ fn configs(args: &ReproArgs) -> Result<Vec<(&'static str, &'static [&'static str
         .collect()
 }
 
-/// What to do with a run folder: train it, resume it, or keep it.
-fn state(dir: &Path) -> &'static str {
+/// Where a run folder stands.
+enum RunState {
+    /// `metrics.json` exists: keep it.
+    Finished,
+    /// A committed checkpoint (`last.json`) and no metrics: resume it.
+    Stopped,
+    /// Nothing committed (absent, or stopped before its first epoch): train it anew.
+    New,
+}
+
+fn state(dir: &Path) -> RunState {
     if dir.join("metrics.json").exists() {
-        "finished"
+        RunState::Finished
     } else if dir.join("last.json").exists() {
-        "resume"
+        RunState::Stopped
     } else {
-        "new"
+        RunState::New
     }
 }
 
@@ -168,18 +177,18 @@ pub fn run(args: &ReproArgs) -> Result<()> {
         for (name, extra) in &chosen {
             let dir = out.join("runs").join(name).join(format!("seed-{seed}"));
             let mut cmd = match state(&dir) {
-                "finished" => {
+                RunState::Finished => {
                     eprintln!("repro: {name}, seed {seed}: finished earlier, kept");
                     dirs.push(dir);
                     continue;
                 }
-                "resume" => {
+                RunState::Stopped => {
                     eprintln!("repro: {name}, seed {seed}: resuming {}", dir.display());
                     let mut cmd = basisnet(&["train", "--resume"]);
                     cmd.arg(&dir);
                     cmd
                 }
-                _ => {
+                RunState::New => {
                     eprintln!("repro: {name}, seed {seed} -> {}", dir.display());
                     // A folder without a committed checkpoint holds nothing to keep.
                     if dir.exists() {
