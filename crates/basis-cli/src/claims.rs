@@ -141,15 +141,17 @@ pub fn write(groups: &[Group], max_drop: f64) -> String {
             let (_, t) = m.early_exit_choice(max_drop)?;
             Some(t.avg_madds / m.evaluation.full_madds.max(1) as f64)
         });
-        match (Spread::of(&drops), cost) {
-            (Some(d), Some(c)) => {
+        let exits = b.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| t.exit_rate));
+        match (Spread::of(&drops), cost, exits) {
+            (Some(d), Some(c), Some(e)) => {
                 let _ = writeln!(
                     md,
-                    "   - {}: {} points ({}) at {}% of the MAdds.",
+                    "   - {}: {} points ({}) at {}% of the MAdds, {}% of the images exiting after the lightweight stage.",
                     b.name,
                     signed(&d, 100.0, 2),
                     d.show_ci(100.0, 2),
-                    c.show(100.0, 1)
+                    c.show(100.0, 1),
+                    e.show(100.0, 1)
                 );
             }
             _ => {

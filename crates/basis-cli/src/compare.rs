@@ -226,6 +226,26 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
+/// MAdds per image with thousands separated (`11,547,512`); the sd only where seeds differ.
+fn madds(s: Option<Spread>) -> String {
+    let group = |v: f64| {
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    };
+    match s {
+        None => "-".into(),
+        Some(s) if s.sd == 0.0 => group(s.mean),
+        Some(s) => format!("{} ± {}", group(s.mean), group(s.sd)),
+    }
+}
+
 fn cell(s: Option<Spread>, scale: f64, decimals: usize) -> String {
     s.map(|s| s.show(scale, decimals))
         .unwrap_or_else(|| "-".into())
@@ -257,7 +277,7 @@ fn table(groups: &[Group], max_drop: f64) -> String {
                 "t = {}: {} at {} MAdds ({:.0}% exit)",
                 thresholds.join("/"),
                 top1.show(100.0, 2),
-                madds.show(1.0, 0),
+                self::madds(Some(madds)),
                 100.0 * rate.mean
             ),
             _ => "-".into(),
@@ -278,7 +298,7 @@ fn table(groups: &[Group], max_drop: f64) -> String {
             cell(g.spread(test_top1), 100.0, 2),
             cell(g.spread(chosen_top1), 100.0, 2),
             cell(g.spread(|m| m.evaluation.light_top1), 100.0, 2),
-            cell(g.spread(|m| Some(m.evaluation.full_madds as f64)), 1.0, 0),
+            madds(g.spread(|m| Some(m.evaluation.full_madds as f64))),
             early,
             last_is_best,
             g.runs.len(),
@@ -308,7 +328,7 @@ fn summary(groups: &[Group], max_drop: f64) -> String {
         };
         let early = match (exit(|p| p.top1), exit(|p| p.avg_madds)) {
             (Some(top1), Some(madds)) => {
-                format!("{}% at {}", top1.show(100.0, 2), madds.show(1.0, 0))
+                format!("{}% at {}", top1.show(100.0, 2), self::madds(Some(madds)))
             }
             _ => "-".into(),
         };
@@ -320,7 +340,7 @@ fn summary(groups: &[Group], max_drop: f64) -> String {
             g.runs.len(),
             cell(g.spread(validation_top1), 100.0, 2),
             cell(g.spread(test_top1), 100.0, 2),
-            cell(g.spread(|m| Some(m.evaluation.full_madds as f64)), 1.0, 0),
+            madds(g.spread(|m| Some(m.evaluation.full_madds as f64))),
         );
     }
     md
@@ -428,4 +448,17 @@ fn plots(groups: &[Group], out: &Path) -> Result<()> {
         ),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn madds_are_grouped_by_thousands_and_constant_ones_have_no_spread() {
+        assert_eq!(madds(Spread::of(&[11_547_512.0; 3])), "11,547,512");
+        assert_eq!(madds(Spread::of(&[548_848.0])), "548,848");
+        assert_eq!(madds(Spread::of(&[1_000.0, 3_000.0])), "2,000 ± 1,414");
+        assert_eq!(madds(None), "-");
+    }
 }

@@ -80,8 +80,14 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) 
         } else if hi - lo < 1e-12 {
             (lo - 0.5, hi + 0.5)
         } else {
+            // Padded, but an axis of non-negative values does not go below zero.
             let pad = 0.05 * (hi - lo);
-            (lo - pad, hi + pad)
+            let low = if lo >= 0.0 {
+                (lo - pad).max(0.0)
+            } else {
+                lo - pad
+            };
+            (low, hi + pad)
         }
     };
     let ((x0, x1), (y0, y1)) = (range(|p| p.0), range(|p| p.1));
@@ -426,6 +432,17 @@ mod tests {
             .filter_map(|(_, t)| t.parse().ok())
             .collect();
         assert!(ticks.iter().any(|&t| t >= 93.0), "{ticks:?}");
+        // Non-negative x (1 to 2, padded) keeps its axis at or above zero.
+        let costs = line_chart(
+            "t",
+            "x",
+            "y",
+            &[Series::line("a", vec![(0.0, 1.0), (5.0, 2.0)])],
+        );
+        assert!(
+            !texts(&costs).iter().any(|(_, t)| t.starts_with('-')),
+            "{costs}"
+        );
         let w = width(&svg);
         for (x, text) in texts(&svg).into_iter().filter(|(_, t)| t == name) {
             assert!(
