@@ -141,7 +141,7 @@ pub fn write(groups: &[Group], max_drop: f64) -> String {
             let (_, t) = m.early_exit_choice(max_drop)?;
             Some(t.avg_madds / m.evaluation.full_madds.max(1) as f64)
         });
-        let exits = b.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| t.exit_rate));
+        let exits = b.exit(max_drop, |p| p.exit_rate);
         match (Spread::of(&drops), cost, exits) {
             (Some(d), Some(c), Some(e)) => {
                 let _ = writeln!(

@@ -6,6 +6,7 @@
 use crate::claims;
 use crate::spread::Spread;
 use anyhow::{bail, Context, Result};
+use basis_models::ExitPoint;
 use basis_train::data::{DatasetKind, FASHION_MNIST_CLASSES};
 use basis_train::plot::{coefficient_heatmap, line_chart, Series};
 use basis_train::recipe::Stage;
@@ -74,6 +75,12 @@ impl Group {
     pub fn spread(&self, f: impl Fn(&Metrics) -> Option<f64>) -> Option<Spread> {
         let values: Vec<f64> = self.runs.iter().filter_map(|r| f(&r.metrics)).collect();
         Spread::of(&values)
+    }
+
+    /// The spread over seeds of `f` of the early-exit point chosen on validation (within
+    /// `max_drop`), read on test.
+    pub fn exit(&self, max_drop: f64, f: fn(&ExitPoint) -> f64) -> Option<Spread> {
+        self.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| f(t)))
     }
 
     /// `f(self) - f(other)` for every seed both have.
@@ -259,9 +266,7 @@ fn table(groups: &[Group], max_drop: f64) -> String {
     );
     for g in groups {
         let seeds: Vec<String> = g.runs.iter().map(|r| r.seed.to_string()).collect();
-        let exit = |f: fn(&basis_models::ExitPoint) -> f64| {
-            g.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| f(t)))
-        };
+        let exit = |f: fn(&ExitPoint) -> f64| g.exit(max_drop, f);
         let thresholds: Vec<String> = g
             .runs
             .iter()
@@ -323,9 +328,7 @@ fn summary(groups: &[Group], max_drop: f64) -> String {
         "| configuration | seeds | validation top-1 | test top-1 | MAdds per image | early exit chosen on validation: test top-1 at average MAdds |\n|---|---|---|---|---|---|\n",
     );
     for g in groups {
-        let exit = |f: fn(&basis_models::ExitPoint) -> f64| {
-            g.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| f(t)))
-        };
+        let exit = |f: fn(&ExitPoint) -> f64| g.exit(max_drop, f);
         let early = match (exit(|p| p.top1), exit(|p| p.avg_madds)) {
             (Some(top1), Some(madds)) => {
                 format!("{}% at {}", top1.show(100.0, 2), self::madds(Some(madds)))
@@ -360,8 +363,8 @@ fn json(groups: &[Group], max_drop: f64) -> serde_json::Value {
                 "test_top1": spread(g.spread(test_top1)),
                 "chosen_weights_test_top1": spread(g.spread(chosen_top1)),
                 "light_top1": spread(g.spread(|m| m.evaluation.light_top1)),
-                "early_exit_test_top1": spread(g.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| t.top1))),
-                "early_exit_avg_madds": spread(g.spread(|m| m.early_exit_choice(max_drop).map(|(_, t)| t.avg_madds))),
+                "early_exit_test_top1": spread(g.exit(max_drop, |p| p.top1)),
+                "early_exit_avg_madds": spread(g.exit(max_drop, |p| p.avg_madds)),
                 "seeds": g.runs.iter().map(|r| json!({
                     "seed": r.seed,
                     "dir": r.dir,
@@ -416,9 +419,7 @@ fn plots(groups: &[Group], out: &Path) -> Result<()> {
         let mut points = Vec::new();
         let mut errors = Vec::new();
         for i in 0..thresholds {
-            let at = |f: fn(&basis_models::ExitPoint) -> f64| {
-                g.spread(|m| m.evaluation.early_exit.get(i).map(f))
-            };
+            let at = |f: fn(&ExitPoint) -> f64| g.spread(|m| m.evaluation.early_exit.get(i).map(f));
             if let (Some(madds), Some(top1)) = (at(|p| p.avg_madds), at(|p| p.top1)) {
                 points.push((madds.mean, 100.0 * top1.mean));
                 errors.push(100.0 * top1.sd);
