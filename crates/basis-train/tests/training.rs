@@ -588,16 +588,7 @@ fn torchscript_linear_teacher(path: &std::path::Path, setup: &str) {
         "import torch\nm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))\n{setup}torch.jit.script(m).save({:?})\n",
         path.display().to_string()
     );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &code])
-        .env("PYTHONPATH", common::python_site())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::python(["-c", &code]);
 }
 
 /// The share of `split` images `run`'s specialist assigns to each class, and its top-1.

@@ -7,26 +7,17 @@ mod common;
 use basis_models::checkpoint;
 use basis_train::data::{center_crop_box, resize_box, Dataset, ImageFolder};
 use std::path::Path;
-use std::process::Command;
 
 #[test]
 fn eval_resize_and_center_crop_match_torchvision() {
     let folder = common::prepared("foolbox").join("imagenet/val");
     let out = common::scratch("transform-parity").join("torchvision.safetensors");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let site = common::python_site();
-    let run = Command::new("python3")
-        .arg(workspace.join("scripts/transform_parity.py"))
-        .arg(&folder)
-        .arg(&out)
-        .env("PYTHONPATH", site)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    common::python([
+        workspace.join("scripts/transform_parity.py").as_os_str(),
+        folder.as_os_str(),
+        out.as_os_str(),
+    ]);
     let (tensors, _) = checkpoint::read(&out).unwrap();
     let theirs = &tensors["images"];
     let ds = ImageFolder::open(&folder, 3).unwrap();

@@ -36,6 +36,26 @@ pub fn python_site() -> PathBuf {
         .expect("libtorch's folder: run `cargo xtask setup`")
 }
 
+/// Run `python3 args...` with the PyTorch `cargo xtask setup` installed on `PYTHONPATH`;
+/// panics with Python's standard error if it fails.
+#[allow(dead_code)]
+pub fn python<I, S>(args: I)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new("python3")
+        .args(args)
+        .env("PYTHONPATH", python_site())
+        .output()
+        .expect("python3 on PATH");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Evaluation transforms that leave a 28 px grayscale image as it is (normalized to
 /// `(x - 0.5) / 0.5`).
 #[allow(dead_code)]
