@@ -1,18 +1,22 @@
-"""PyTorch eager reference of one BasisNet training step, for `cargo bench -p basis-train
---bench train_step`.
+"""PyTorch side of one BasisNet training step, for `cargo bench -p basis-train --bench
+train_step`: the strongest version a competent PyTorch user writes.
 
-The model is `basisnet-mv3` written the way a PyTorch user writes it: torchvision's
-MobileNetV3-Large as the lightweight model plus a linear coefficient head, and a second
-MobileNetV3-Large whose every convolution and linear layer holds N basis kernels that are
-blended per sample from the coefficients (the CondConv formulation: kernels
-`alpha @ bank`, then one grouped convolution over the batch, one batched matmul for
-linear layers). The loss is the joint loss of basis-train: label-smoothed cross-entropy
+The model is `basisnet-mv3` (`basisnet_torch.BasisNet`): torchvision's MobileNetV3-Large as
+the lightweight model plus a linear coefficient head, and a second MobileNetV3-Large whose
+every convolution and linear layer holds N basis kernels blended per sample from the
+coefficients, each kind of basis layer in its fastest formulation for this step
+(`choose_plan`, searched in channels_last, then the plan timed in both layouts). The loss is the joint loss of basis-train: label-smoothed cross-entropy
 on the specialist plus `light_weight` times the same on the lightweight model. The
 optimizer is torch.optim.SGD (momentum, Nesterov, no weight decay on batch norm and
 biases; `foreach` on CUDA, PyTorch's default there). MODEL `mobilenet-v3-large` is
-torchvision's static MobileNetV3-Large with the specialist's loss alone.
+torchvision's static MobileNetV3-Large with the specialist's loss alone;
+`mobilenet-v3-large-compiled` the same step under `torch.compile` (model and loss; the
+optimizer step stays eager).
 
-Usage: basisnet_train_bench.py STATE.safetensors STEPS THREADS [DEVICE PRECISION MODEL]
+Usage: basisnet_train_bench.py STATE.safetensors STEPS THREADS [DEVICE PRECISION MODEL [CHOICE]]
+
+CHOICE (JSON, printed by an earlier run as `choice`) skips the search: later rounds reuse
+the first round's layout and plan.
 
 DEVICE is cpu (default) or cuda; PRECISION fp32 (default) or bf16 (autocast for the
 forward pass and loss, fp32 weights, as basis-train's `train.precision`). The first step
@@ -22,7 +26,8 @@ forward pass and loss, fp32 weights, as basis-train's `train.precision`). The fi
 STATE holds the weights the Rust side saved (`lightweight.*`, `specialist.*`) and the
 batch (`batch.images`, `batch.labels`) plus the hyper-parameters as metadata. Prints one
 JSON object: the first step's loss (computed before any update, for the parity check),
-the seconds of each timed step, and the layout they ran in.
+the seconds of each timed step, the layout and plan they ran with (`choice`), and for the
+compiled model the seconds compiling took.
 """
 
 import json
@@ -34,19 +39,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from basisnet_torch import BasisNet, read_state  # noqa: E402
+from basisnet_torch import BasisNet, choose_plan, read_state  # noqa: E402
 from torchvision.models import mobilenet_v3_large  # noqa: E402
 
 
 def main():
     path, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     device, precision, which = (sys.argv[4:7] + ["cpu", "fp32", "basisnet-mv3"][len(sys.argv[4:7]) :])
+    given = json.loads(sys.argv[7]) if len(sys.argv) > 7 else None
+    compiled = which == "mobilenet-v3-large-compiled"
     device = torch.device(device)
     torch.set_num_threads(threads)
     tensors, meta = read_state(path)
     images = tensors.pop("batch.images").to(device)
     labels = tensors.pop("batch.labels").to(device)
-    if which == "mobilenet-v3-large":
+    if which.startswith("mobilenet-v3-large"):
         net = mobilenet_v3_large(num_classes=int(meta["classes"]), dropout=0.0)
 
         class Static(torch.nn.Module):
@@ -84,9 +91,11 @@ def main():
     )
     smoothing, light_weight = float(meta["label_smoothing"]), float(meta["light_weight"])
 
+    forward = model
+
     def step(x, autocast):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            light, special = model(x)
+            light, special = forward(x)
             loss = F.cross_entropy(special, labels, label_smoothing=smoothing)
             if light is not None:
                 loss = loss + light_weight * F.cross_entropy(
@@ -98,22 +107,50 @@ def main():
         return loss.item()
 
     first = step(images, False)
+    static = which.startswith("mobilenet-v3-large")
+    static_part = model.net if static else model.lightweight
+    autocast = precision == "bf16"
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    compile_seconds = None
+    if compiled:
+        forward = torch.compile(model)
     best = None
-    # The basis banks are 5-D: only the static parts take a memory format.
-    static_part = model.net if which == "mobilenet-v3-large" else model.lightweight
-    for layout in ("channels_last", "contiguous"):
+    layouts = [given["layout"]] if given else ["channels_last", "contiguous"]
+    for layout in layouts:
+        # The basis banks are 5-D: only the static parts take a memory format.
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         static_part.to(memory_format=fmt)
         x = images.contiguous(memory_format=fmt)
-        step(x, precision == "bf16")  # warm-up (cuDNN picks its algorithms)
+        if not static and (given or best is not None):
+            model.ctx.plan = dict(given["plan"] if given else best[2]["plan"])
+        start = time.perf_counter()
+        step(x, autocast)  # warm-up (cuDNN picks its algorithms; torch.compile compiles)
+        if compiled and compile_seconds is None:
+            compile_seconds = time.perf_counter() - start
+        if not static and not given and best is None:
+            choose_plan(model.ctx, lambda: step(x, autocast), iters=2)
         seconds = []
         for _ in range(steps):
             start = time.perf_counter()
-            step(x, precision == "bf16")
+            step(x, autocast)
+            if sync is not None:
+                sync()
             seconds.append(time.perf_counter() - start)
-        if best is None or sorted(seconds)[len(seconds) // 2] < sorted(best[0])[len(best[0]) // 2]:
-            best = (seconds, layout)
-    print(json.dumps({"first_loss": first, "seconds": best[0], "layout": best[1]}))
+        s = sorted(seconds)[len(seconds) // 2]
+        choice = {"layout": layout, "plan": None if static else dict(model.ctx.plan)}
+        if best is None or s < best[0]:
+            best = (s, seconds, choice)
+    print(
+        json.dumps(
+            {
+                "first_loss": first,
+                "seconds": best[1],
+                "layout": best[2]["layout"],
+                "choice": best[2],
+                "compile_seconds": compile_seconds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

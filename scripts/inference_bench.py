@@ -1,19 +1,31 @@
 #!/usr/bin/env python3
-"""PyTorch eager side of `cargo xtask bench`'s end-to-end inference rows.
+"""PyTorch side of `cargo xtask bench`'s end-to-end inference rows: the strongest version a
+competent PyTorch user runs.
 
-    inference_bench.py STATE.safetensors MODEL BATCH PRECISION DEVICE ITERS WARMUP THREADS
+    inference_bench.py STATE.safetensors MODEL BATCH PRECISION DEVICE ITERS WARMUP THREADS [CHOICE]
 
 STATE is what `basisnet benchmark --save-state` wrote: the weights (basisnet-rs names,
 which are torchvision's) and the batch, plus the early-exit threshold. MODEL is
-MobilenetV3Large (torchvision's `mobilenet_v3_large`), BasisnetMv3 or BasisnetMv3Exit
-(`basisnet_torch.BasisNet`, CondConv-style grouped convolutions). PRECISION is f32 or
-bf16 (weights and activations cast, as the Rust side does). PyTorch gets its best fp32
-layout: channels_last for the static network where it is faster (measured: about 1.5x at
-batch 32 on this CPU), and both layouts are tried for the BasisNet, the faster kept.
-Before timing, the fp32 logits on the CPU are compared with the Rust side's
-(`batch.logits`): `logit_gap_fp32` is max |ours - theirs| / max |ours|. Prints one JSON
-object: images/s, ms per batch (median), peak resident memory, the layout used, and that
-gap.
+MobilenetV3Large (torchvision's `mobilenet_v3_large`, eager), BasisnetMv3 or BasisnetMv3Exit
+(`basisnet_torch.BasisNet`), or MobilenetV3LargeCompiled / BasisnetMv3Compiled: under
+`torch.compile` (the static network in both layouts; the BasisNet in the layout and plan the
+eager search prefers; bf16 compiles the cast model). PRECISION is f32 or bf16. Everything
+runs under `torch.inference_mode()`.
+
+What is tried, the fastest kept (its median over ITERS batches after WARMUP):
+- both memory layouts (channels_last and contiguous);
+- bf16 two ways: weights and activations cast (as the Rust side does) and fp32 weights
+  under `torch.autocast`;
+- for the BasisNet, the formulation of each kind of basis layer (`choose_plan`: CondConv's
+  grouped convolutions, the bank's outputs mixed, shifted multiply-adds for depthwise,
+  `torch.bmm`, one GEMM over all banks for linear and squeeze-excite layers).
+CHOICE (JSON, printed by an earlier run as `choice`) skips the search and runs that layout,
+precision mode and plan: later rounds of the same row reuse the first round's choice.
+
+Before timing, the fp32 logits are compared with the Rust side's (`batch.logits`):
+`logit_gap_fp32` is max |ours - theirs| / max |ours|, for every plan the search keeps.
+Prints one JSON object: images/s, ms per batch (median), peak resident memory, the choice,
+that gap, and for the compiled model the seconds compiling took (or why it failed).
 """
 
 import json
@@ -25,7 +37,9 @@ import torch
 from torchvision.models import mobilenet_v3_large
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from basisnet_torch import BasisNet, read_state  # noqa: E402
+from basisnet_torch import BasisNet, choose_plan, median_seconds, read_state  # noqa: E402
+
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def peak_rss_mib():
@@ -36,72 +50,156 @@ def peak_rss_mib():
     return None
 
 
-def timed(fn, images, iters, warmup, device):
-    seconds = []
-    with torch.no_grad():
-        for i in range(warmup + iters):
-            start = time.perf_counter()
-            fn(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                seconds.append(time.perf_counter() - start)
-    seconds.sort()
-    return seconds[len(seconds) // 2]
+def log(text):
+    print(f"inference_bench: {text}", file=sys.stderr)
 
 
 def main():
     path, model_name, batch, precision, device, iters, warmup, threads = sys.argv[1:9]
+    given = json.loads(sys.argv[9]) if len(sys.argv) > 9 else None
     batch, iters, warmup = int(batch), int(iters), int(warmup)
     torch.set_num_threads(int(threads))
     device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
     tensors, meta = read_state(path)
     images = tensors.pop("batch.images")[:batch]
     reference = tensors.pop("batch.logits", None)
-    if model_name == "MobilenetV3Large":
+    static = model_name.startswith("MobilenetV3Large")
+    compiled = model_name.endswith("Compiled")
+    if static:
         model = mobilenet_v3_large()
         model.load_state_dict(tensors, strict=True)
-        fn = model
+        forward = model
     else:
         model = BasisNet("mobilenet_v3_large", 1000, 8, 128, 1.0)
         model.load_state_dict(tensors, strict=True)
-        if model_name == "BasisnetMv3Exit":
-            threshold = float(meta["threshold"])
+        threshold = float(meta["threshold"]) if model_name == "BasisnetMv3Exit" else None
 
-            def fn(x):
-                return model.early_exit(x, threshold)[0]
-
-        else:
-
-            def fn(x):
-                return model(x)[1]
+        def forward(x):
+            return model(x)[1] if threshold is None else model.early_exit(x, threshold)[0]
 
     model.eval()
-    gap = None
-    if reference is not None:
-        with torch.no_grad():
-            diff = (fn(images).float() - reference).abs().max().item()
-        gap = diff / max(reference.abs().max().item(), 1e-30)
     model.to(device)
     images = images.to(device)
-    if precision == "bf16":
-        model.to(torch.bfloat16)
-        images = images.to(torch.bfloat16)
+
+    def gap():
+        if reference is None:
+            return None
+        with torch.inference_mode():
+            x = images.float().contiguous()
+            diff = (forward(x).float().cpu() - reference).abs().max().item()
+        return diff / max(reference.abs().max().item(), 1e-30)
+
     # The basis banks are 5-D (`[N, out, in, kh, kw]`): only the static part of a
     # BasisNet (its lightweight model) takes a memory format.
-    static_part = model if model_name == "MobilenetV3Large" else model.lightweight
-    best = None
-    for layout in ("channels_last", "contiguous"):
-        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    static_part = model if static else model.lightweight
+    modes = ["cast", "autocast"] if precision == "bf16" else ["fp32"]
+    compile_seconds, compile_error = [], None
+    gaps = []
+
+    def fresh():
+        """fp32 weights as loaded (a bf16 cast rounds them)."""
+        model.to(torch.float32)
+        model.load_state_dict(tensors, strict=True)
+
+    def prepared(layout, mode, compile_it):
+        """A callable running one batch in this layout and precision mode, compiled or not."""
+        fmt = LAYOUTS[layout]
         static_part.to(memory_format=fmt)
-        x = images.contiguous(memory_format=fmt)
-        s = timed(fn, x, iters, warmup, device)
+        fresh()
+        model.to(torch.bfloat16 if mode == "cast" else torch.float32)
+        x = images.to(torch.bfloat16 if mode == "cast" else torch.float32)
+        x = x.contiguous(memory_format=fmt)
+        fn = forward
+        if compile_it:
+            net = torch.compile(model)
+
+            def fn(x):
+                return net(x) if static else net(x)[1]
+
+        autocast = mode == "autocast"
+
+        def run():
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+                fn(x)
+            if sync is not None:
+                sync()  # CUDA runs asynchronously: the plan search times finished work
+
+        return run
+
+    def measure(layout, mode, plan, compile_it):
+        """Median seconds of one candidate; `plan` None searches it (eager only)."""
+        run = prepared(layout, mode, compile_it)
+        if not static:
+            if plan is None:
+                choose_plan(model.ctx, run, log=lambda t: log(f"{layout} {mode} {t}"))
+            else:
+                model.ctx.plan = dict(plan)
+            plan = dict(model.ctx.plan)
+        if compile_it:
+            start = time.perf_counter()
+            run()  # compiles
+            compile_seconds.append(time.perf_counter() - start)
+        s = median_seconds(run, iters, warmup, sync)
+        log(f"{layout} {mode} {plan or ''}{' compiled' if compile_it else ''}: {s * 1000:.1f} ms")
+        return s, {"layout": layout, "mode": mode, "plan": plan}
+
+    best = None
+    if given is not None:
+        candidates = [(given["layout"], given["mode"], given["plan"])]
+    else:
+        # Eager: every layout and precision mode; the BasisNet's plan is searched in the
+        # first mode of each layout and reused by the other.
+        candidates = []
+        for layout in LAYOUTS:
+            for mode in modes:
+                plan = None
+                if mode != modes[0]:
+                    plan = "same"
+                candidates.append((layout, mode, plan))
+        if compiled:
+            eager = {}
+            for layout, mode, plan in candidates:
+                if plan == "same":
+                    plan = eager[layout][1]["plan"]
+                eager[layout] = measure(layout, mode, plan, False)
+                if best is None or eager[layout][0] < best[0]:
+                    best = eager[layout]
+            # Compiled: the static network in both layouts; the BasisNet in the eager winner's
+            # layout and plan (each compile takes minutes). bf16 compiles the cast model.
+            layouts = list(LAYOUTS) if static else [best[1]["layout"]]
+            mode = "fp32" if precision != "bf16" else "cast"
+            candidates = [(layout, mode, None if static else best[1]["plan"]) for layout in layouts]
+            best = None
+    plans = {}
+    for layout, mode, plan in candidates:
+        if plan == "same":
+            plan = plans[layout]
+        try:
+            s, choice = measure(layout, mode, plan, compiled)
+        except Exception as e:  # a compile failure is a row that says why
+            if not compiled:
+                raise
+            compile_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            log(f"torch.compile failed ({layout}, {mode}): {compile_error}")
+            continue
+        plans[layout] = choice["plan"]
         if best is None or s < best[0]:
-            best = (s, layout)
-    seconds, layout = best
+            best = (s, choice)
+    if best is None:
+        print(json.dumps({"images_per_s": None, "compile_error": compile_error}))
+        return
+    seconds, choice = best
+    # The parity check of what is timed: the same plan, in fp32 and contiguous.
+    static_part.to(memory_format=torch.contiguous_format)
+    fresh()
+    if not static:
+        model.ctx.plan = dict(choice["plan"])
+    gaps.append(gap())
     specialist_images = 0
     if model_name == "BasisnetMv3Exit":
-        specialist_images = model.early_exit(images, threshold)[1]
+        with torch.inference_mode():
+            specialist_images = model.early_exit(images.float(), threshold)[1]
     elif model_name == "BasisnetMv3":
         specialist_images = batch
     print(
@@ -110,10 +208,13 @@ def main():
                 "images_per_s": batch / seconds,
                 "ms_per_batch": 1000 * seconds,
                 "peak_rss_mib": peak_rss_mib(),
-                "layout": layout,
+                "layout": choice["layout"],
+                "choice": choice,
                 "device": str(device),
-                "logit_gap_fp32": gap,
+                "logit_gap_fp32": max(g for g in gaps if g is not None) if gaps[0] is not None else None,
                 "specialist_images": specialist_images,
+                "compile_seconds": max(compile_seconds) if compile_seconds else None,
+                "compile_error": compile_error,
             }
         )
     )

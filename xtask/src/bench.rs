@@ -11,6 +11,8 @@
 //!   Each side of each row runs in a fresh process (so peak memory is that row's), on the
 //!   same weights and batch (`basisnet benchmark --save-state`).
 
+mod inference;
+
 use crate::{data, setup, util};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -30,10 +32,13 @@ pub struct BenchArgs {
     /// Where the report goes (default: target/bench).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Rounds of each inference row (each side once a round, alternating); each side
-    /// keeps its fastest process.
-    #[arg(long, default_value_t = 2)]
+    /// Rounds of each inference row (each side once a round, alternating); the report
+    /// gives each side's median and the median and range of the per-round ratios.
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Leave out the rows against `torch.compile` (compiling takes minutes per row).
+    #[arg(long)]
+    pub skip_compile: bool,
     /// Batch sizes of the inference rows.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub batches: Vec<usize>,
@@ -47,11 +52,16 @@ pub struct BenchArgs {
     pub scripts: Option<PathBuf>,
 }
 
+/// Environment variables of one bench run.
+type Env = Vec<(&'static str, &'static str)>;
+
 /// One comparison row of `report.json`.
 struct Row {
     name: String,
     ours: f64,
     pytorch: f64,
+    /// Ours / PyTorch: the median of the per-round ratios where there are rounds.
+    ratio: f64,
     extra: Value,
 }
 
@@ -62,7 +72,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let torch = setup::Torch { python_path: None };
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from("bench"));
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-        let (table, rows) = inference(&scripts, binary, &torch, args, &out)?;
+        let (table, rows) = inference::inference(&scripts, binary, &torch, args, &out)?;
         let sections = vec![("End-to-end inference (224 px)".to_string(), table)];
         return write_report(&out, &rows, &sections);
     }
@@ -81,23 +91,75 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let _ = std::fs::remove_file(&rows_file);
 
     if !args.inference_only {
-        let benches = [
+        // (section, package, bench, environment of the row); the training-step bench
+        // measures one row per run.
+        let step = |model: &'static str, precision: &'static str| {
+            vec![
+                ("BASISNET_BENCH_MODEL", model),
+                ("BASISNET_BENCH_PRECISION", precision),
+            ]
+        };
+        let benches: Vec<(&str, &str, &str, Env)> = vec![
             (
                 "basis-core: per-sample kernel strategies",
                 "basis-core",
                 "strategies",
+                vec![],
             ),
-            ("basis-models: forward passes", "basis-models", "forward"),
-            ("basis-train: input pipeline", "basis-train", "pipeline"),
-            ("basis-train: training step", "basis-train", "train_step"),
+            (
+                "basis-models: forward passes",
+                "basis-models",
+                "forward",
+                vec![],
+            ),
+            (
+                "basis-train: input pipeline",
+                "basis-train",
+                "pipeline",
+                vec![],
+            ),
+            (
+                "basis-train: training step",
+                "basis-train",
+                "train_step",
+                step("basisnet-mv3", "fp32"),
+            ),
+            (
+                "",
+                "basis-train",
+                "train_step",
+                step("basisnet-mv3", "bf16"),
+            ),
+            (
+                "",
+                "basis-train",
+                "train_step",
+                step("mobilenet-v3-large", "fp32"),
+            ),
+            (
+                "",
+                "basis-train",
+                "train_step",
+                step("mobilenet-v3-large-compiled", "fp32"),
+            ),
+            (
+                "",
+                "basis-train",
+                "train_step",
+                step("mobilenet-v3-large-compiled", "bf16"),
+            ),
         ];
-        for (title, package, bench) in benches {
-            eprintln!("bench: {package} --bench {bench}");
+        for (title, package, bench, env) in benches {
+            if args.skip_compile && env.iter().any(|(_, v)| v.ends_with("compiled")) {
+                continue;
+            }
+            eprintln!("bench: {package} --bench {bench} {env:?}");
             let mut cmd = Command::new(&cargo);
             cmd.current_dir(&root)
                 .args(["bench", "-p", package, "--bench", bench])
                 .env("BASISNET_DATA_DIR", &data_root)
                 .env("BASISNET_BENCH_ROWS", &rows_file)
+                .envs(env.iter().copied())
                 .stderr(std::process::Stdio::inherit());
             torch.apply_env(&mut cmd);
             let output = cmd
@@ -107,20 +169,29 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             print!("{text}");
             if !output.status.success() {
                 bail!(
-                    "cargo bench -p {package} --bench {bench} failed ({})",
+                    "cargo bench -p {package} --bench {bench} ({env:?}) failed ({})",
                     output.status
                 );
             }
-            sections.push((title.to_string(), tables_only(&text)));
+            // Rows of one bench under different environments share its section.
+            match sections.last_mut() {
+                Some(last) if title.is_empty() => {
+                    last.1.push_str(&format!("\n{}", tables_only(&text)))
+                }
+                _ => sections.push((title.to_string(), tables_only(&text))),
+            }
         }
         if let Ok(text) = std::fs::read_to_string(&rows_file) {
             for line in text.lines() {
                 let v: Value = serde_json::from_str(line)
                     .with_context(|| format!("{}: not a JSON row: {line}", rows_file.display()))?;
+                let ours = v["ours_images_per_s"].as_f64().unwrap_or(f64::NAN);
+                let pytorch = v["pytorch_images_per_s"].as_f64().unwrap_or(f64::NAN);
                 rows.push(Row {
                     name: v["name"].as_str().unwrap_or_default().to_string(),
-                    ours: v["ours_images_per_s"].as_f64().unwrap_or(f64::NAN),
-                    pytorch: v["pytorch_images_per_s"].as_f64().unwrap_or(f64::NAN),
+                    ours,
+                    pytorch,
+                    ratio: v["ratio"].as_f64().unwrap_or(ours / pytorch),
                     extra: v.get("extra").cloned().unwrap_or(Value::Null),
                 });
             }
@@ -135,10 +206,40 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     torch.apply_env(&mut build);
     util::run("cargo build --release -p basis-cli", &mut build)?;
     let binary = root.join("target/release/basisnet");
-    let (table, inference) = inference(&scripts, &binary, &torch, args, &out)?;
+    let (table, inference) = inference::inference(&scripts, &binary, &torch, args, &out)?;
     sections.push(("End-to-end inference (224 px)".into(), table));
     rows.extend(inference);
+    for precision in ["f32", "bf16"] {
+        sections.push((
+            format!("Where a batch goes: basisnet-mv3, batch 32, {precision}"),
+            profile(&binary, precision)?,
+        ));
+    }
     write_report(&out, &rows, &sections)
+}
+
+/// `basisnet benchmark --profile` of basisnet-mv3 at batch 32 on the CPU: its table.
+fn profile(binary: &Path, precision: &str) -> Result<String> {
+    let threads = std::env::var("BASISNET_BENCH_THREADS").unwrap_or_else(|_| "2".into());
+    eprintln!("bench: profile of basisnet-mv3, batch 32, {precision}");
+    let out = Command::new(binary)
+        .args(["benchmark", "--model", "basisnet-mv3", "--batch", "32"])
+        .args(["--precision", precision, "--device", "cpu", "--iters", "5"])
+        .arg("--profile")
+        .env("OMP_NUM_THREADS", &threads)
+        .output()
+        .context("could not start basisnet benchmark --profile")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "basisnet benchmark --profile failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(format!(
+        "`basisnet benchmark --model basisnet-mv3 --batch 32 --precision {precision} --profile`, {threads} threads: exclusive wall time of each kind of work (a span's own time, nested spans left out), mean of 5 batches after the timed ones. {}",
+        text.trim()
+    ))
 }
 
 /// `report.md` (summary, then each section) and `report.json` (the rows) into `out`.
@@ -149,20 +250,17 @@ fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Resu
         .unwrap_or("cpu")
         .to_string();
     let mut md = format!(
-        "# Benchmark report\n\n`cargo xtask bench`, {}. Device: {device}. Ratios are ours / PyTorch (higher is better for ours); medians of each side's timed runs, both sides in the same run.\n\n",
+        "# Benchmark report\n\n`cargo xtask bench`, {}. Device: {device}. Ratios are ours / PyTorch (higher is better for ours), both sides in the same run; inference rows: medians over alternating rounds (the ratio is the median of the per-round ratios, its range in the section below).\n\n",
         util::date()
     );
     md.push_str("## Summary\n\n| comparison | ours images/s | PyTorch images/s | ratio |\n|---|---|---|---|\n");
     for r in rows {
         md.push_str(&format!(
             "| {} | {:.1} | {:.1} | {:.2}x |\n",
-            r.name,
-            r.ours,
-            r.pytorch,
-            r.ours / r.pytorch
+            r.name, r.ours, r.pytorch, r.ratio
         ));
     }
-    let below: Vec<&Row> = rows.iter().filter(|r| r.ours < r.pytorch).collect();
+    let below: Vec<&Row> = rows.iter().filter(|r| r.ratio < 1.0).collect();
     if below.is_empty() {
         md.push_str("\nOurs is at least 1.0x PyTorch on every row.\n");
     } else {
@@ -172,7 +270,7 @@ fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Resu
             rows.len(),
             below
                 .iter()
-                .map(|r| format!("{} ({:.2}x)", r.name, r.ours / r.pytorch))
+                .map(|r| format!("{} ({:.2}x)", r.name, r.ratio))
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
@@ -187,7 +285,7 @@ fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Resu
                 "name": r.name,
                 "ours_images_per_s": r.ours,
                 "pytorch_images_per_s": r.pytorch,
-                "ratio": r.ours / r.pytorch,
+                "ratio": r.ratio,
             });
             if let (Some(obj), Some(extra)) = (v.as_object_mut(), r.extra.as_object()) {
                 for (k, x) in extra {
@@ -254,153 +352,4 @@ fn json_of(cmd: &mut Command, what: &str) -> Result<Value> {
         );
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("{what} printed no JSON"))
-}
-
-/// The end-to-end inference rows: a markdown table and the comparison rows.
-fn inference(
-    scripts: &Path,
-    binary: &Path,
-    torch: &setup::Torch,
-    args: &BenchArgs,
-    out: &Path,
-) -> Result<(String, Vec<Row>)> {
-    let iters = args.iters;
-    let threads = std::env::var("BASISNET_BENCH_THREADS").unwrap_or_else(|_| "2".into());
-    let cuda = Command::new(binary)
-        .args(["benchmark", "--model", "mobilenet-v3-large", "--batch", "1"])
-        .args(["--iters", "1", "--warmup", "0", "--json"])
-        .env("OMP_NUM_THREADS", &threads)
-        .output()
-        .ok()
-        .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
-        .and_then(|v| v["device"].as_str().map(|d| d.starts_with("cuda")))
-        .unwrap_or(false);
-    let device = if cuda { "cuda" } else { "cpu" };
-    let models = [
-        (
-            "mobilenet-v3-large",
-            "MobilenetV3Large",
-            "MobileNetV3-Large (static)",
-            "torchvision",
-        ),
-        (
-            "basisnet-mv3",
-            "BasisnetMv3",
-            "basisnet-mv3, no exit",
-            "CondConv-style",
-        ),
-        (
-            "basisnet-mv3-exit",
-            "BasisnetMv3Exit",
-            "basisnet-mv3, 50% exit",
-            "CondConv-style",
-        ),
-    ];
-    let mut table = format!(
-        "Device: {device}{}. Each side of each row runs in its own processes on the same weights and batch, {} time(s), alternating with the other side; the fastest process of each side is reported (its peak memory is that process's resident high-water mark, libtorch included).\n\n| model | batch | precision | fp32 logit gap (relative) | ours ms/batch | PyTorch ms/batch | ours images/s | PyTorch images/s | ratio | ours peak MiB | PyTorch peak MiB | PyTorch layout | images through the specialist (ours / PyTorch) | params | MAdds/image |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-        if cuda { String::new() } else { format!(", {threads} threads") },
-        args.rounds
-    );
-    let mut rows = Vec::new();
-    for (arg, py_name, label, reference) in models {
-        for &batch in &args.batches {
-            for precision in ["f32", "bf16"] {
-                if arg == "basisnet-mv3-exit" && batch == 1 {
-                    continue; // one image either exits or not: the other two rows.
-                }
-                let state = out.join("state.safetensors");
-                let _ = std::fs::remove_file(&state);
-                eprintln!("bench: {label}, batch {batch}, {precision}");
-                let run_ours = |save: bool| -> Result<Value> {
-                    let mut cmd = Command::new(binary);
-                    cmd.args(["benchmark", "--model", arg, "--json", "--device", device])
-                        .args(["--batch", &batch.to_string(), "--precision", precision])
-                        .args(["--iters", &iters.to_string()])
-                        .env("OMP_NUM_THREADS", &threads);
-                    if save {
-                        cmd.arg("--save-state").arg(&state);
-                    }
-                    json_of(
-                        &mut cmd,
-                        &format!("basisnet benchmark --model {arg} --batch {batch} --precision {precision}"),
-                    )
-                };
-                let run_theirs = || -> Result<Value> {
-                    let mut py = Command::new("python3");
-                    py.arg(scripts.join("inference_bench.py"))
-                        .arg(&state)
-                        .args([py_name, &batch.to_string(), precision, device])
-                        .args([&iters.to_string(), "2", &threads])
-                        .env("OMP_NUM_THREADS", &threads);
-                    torch.apply_env(&mut py);
-                    json_of(
-                        &mut py,
-                        &format!("scripts/inference_bench.py {py_name} {batch} {precision}"),
-                    )
-                };
-                // Rounds alternating sides (ours, PyTorch, ours, PyTorch, ...); each side
-                // keeps its fastest process, so a slow spell of a shared machine does not
-                // land on one side only.
-                let faster = |a: Value, b: Value| {
-                    let rate = |v: &Value| v["images_per_s"].as_f64().unwrap_or(0.0);
-                    if rate(&b) > rate(&a) {
-                        b
-                    } else {
-                        a
-                    }
-                };
-                let (mut ours, mut theirs) = (run_ours(true)?, run_theirs()?);
-                for _ in 1..args.rounds {
-                    ours = faster(ours, run_ours(false)?);
-                    theirs = faster(theirs, run_theirs()?);
-                }
-                let _ = std::fs::remove_file(&state);
-                let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-                let diff = f(&theirs, "logit_gap_fp32");
-                if diff.is_nan() || diff >= 1e-4 {
-                    bail!(
-                        "{label}, batch {batch}: PyTorch's fp32 logits differ from ours by {diff:e} of their largest magnitude (expected < 1e-4): not the same model, no timing reported"
-                    );
-                }
-                let (o, t) = (f(&ours, "images_per_s"), f(&theirs, "images_per_s"));
-                table.push_str(&format!(
-                    "| {label} | {batch} | {precision} | {diff:.1e} | {:.2} | {:.2} | {o:.1} | {t:.1} | {:.2}x | {:.0} | {:.0} | {} | {} / {} | {} | {:.1}M |\n",
-                    f(&ours, "ms_per_batch"),
-                    f(&theirs, "ms_per_batch"),
-                    o / t,
-                    f(&ours, "peak_rss_mib"),
-                    f(&theirs, "peak_rss_mib"),
-                    theirs["layout"].as_str().unwrap_or("?"),
-                    ours["specialist_images"],
-                    theirs["specialist_images"],
-                    ours["params"],
-                    f(&ours, "madds") / 1e6,
-                ));
-                rows.push(Row {
-                    name: format!(
-                        "inference: {label}, batch {batch}, {precision} (vs {reference})"
-                    ),
-                    ours: o,
-                    pytorch: t,
-                    extra: json!({
-                        "kind": "inference",
-                        "batch": batch,
-                        "precision": precision,
-                        "device": ours["device"],
-                        "ours_ms_per_batch": ours["ms_per_batch"],
-                        "pytorch_ms_per_batch": theirs["ms_per_batch"],
-                        "ours_peak_rss_mib": ours["peak_rss_mib"],
-                        "pytorch_peak_rss_mib": theirs["peak_rss_mib"],
-                        "pytorch_layout": theirs["layout"],
-                        "logit_gap_fp32": diff,
-                        "ours_specialist_images": ours["specialist_images"],
-                        "pytorch_specialist_images": theirs["specialist_images"],
-                        "params": ours["params"],
-                        "madds": ours["madds"],
-                    }),
-                });
-            }
-        }
-    }
-    Ok((table, rows))
 }

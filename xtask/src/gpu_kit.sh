@@ -78,7 +78,7 @@ done
 
 section "Inference (224 px)"
 timeout "$(left)" "$KIT/bin/xtask" bench --binary "$KIT/bin/basisnet" --scripts "$KIT/scripts" \
-    --batches 1,256 --iters 20 --rounds 1 --out "$OUT/inference" >"$OUT/inference.log" 2>&1 \
+    --batches 1,256 --iters 20 --rounds 1 --skip-compile --out "$OUT/inference" >"$OUT/inference.log" 2>&1 \
     || echo "inference rows stopped (exit status $?); the log's tail:" >>"$REPORT"
 if [ -f "$OUT/inference/report.md" ]; then
     sed -n '/^## Summary/,$p' "$OUT/inference/report.md" >>"$REPORT"

@@ -67,6 +67,12 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// After timing, run `--iters` more batches with the timing profile on and print where
+    /// a batch spends its time: by stage (lightweight, coefficient head, specialist) and
+    /// kind of work (each kind of basis layer with its strategy, kernel synthesis, batch
+    /// norm, activations, layout conversions, ...). CPU only.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// The process's peak resident memory in MiB (`VmHWM`), on Linux.
@@ -148,6 +154,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     let device = args.device.resolve(None)?;
+    if args.profile && device != Device::Cpu {
+        bail!(
+            "--profile measures CPU wall time per operation; the device is {device:?} (pass --device cpu)"
+        );
+    }
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let (net, params, madds) = match args.model {
@@ -271,6 +282,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let ms = 1000.0 * median(seconds);
     let images_per_s = args.batch as f64 * 1000.0 / ms;
+    let profile = if args.profile {
+        Some(profile(&net, &images, args.iters)?)
+    } else {
+        None
+    };
     let device_name = match device {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -291,6 +307,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "madds": madds,
                 "threshold": threshold,
                 "specialist_images": specialist_images,
+                "profile": profile.as_ref().map(|(total, rows)| json!({
+                    "ms_per_batch": total,
+                    "rows": rows.iter().map(|r| json!({
+                        "stage": r.0, "work": r.1, "ms_per_batch": r.2, "calls_per_batch": r.3,
+                    })).collect::<Vec<_>>(),
+                })),
             })
         );
     } else {
@@ -302,6 +324,69 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             peak_rss_mib().unwrap_or(f64::NAN),
             madds / 1e6
         );
+        if let Some((total, rows)) = &profile {
+            println!("\n{}", profile_table(*total, rows));
+        }
     }
     Ok(())
+}
+
+/// One profile row: stage, kind of work, ms per batch, calls per batch.
+type ProfileRow = (String, String, f64, f64);
+
+/// `iters` batches with the timing profile on: the mean ms of a whole batch, and where it
+/// went (the time no span covers is the row `other`: tensor glue between the layers).
+fn profile(net: &Net, images: &Tensor, iters: usize) -> Result<(f64, Vec<ProfileRow>)> {
+    use basis_core::timing;
+    let _ = timing::take();
+    timing::enable(true);
+    let start = Instant::now();
+    let ran = tch::no_grad(|| -> Result<()> {
+        for _ in 0..iters {
+            let _ = net.run(images)?;
+        }
+        Ok(())
+    });
+    let total = start.elapsed().as_secs_f64() * 1000.0 / iters as f64;
+    timing::enable(false);
+    ran?;
+    let per = |x: f64| x / iters as f64;
+    let mut rows: Vec<ProfileRow> = timing::take()
+        .into_iter()
+        .map(|e| {
+            let stage = if e.stage.is_empty() {
+                "network"
+            } else {
+                e.stage
+            };
+            (
+                stage.to_string(),
+                e.work,
+                per(e.seconds * 1000.0),
+                per(e.calls as f64),
+            )
+        })
+        .collect();
+    let covered: f64 = rows.iter().map(|r| r.2).sum();
+    rows.push((
+        "-".into(),
+        "other (tensor glue between spans)".into(),
+        (total - covered).max(0.0),
+        0.0,
+    ));
+    Ok((total, rows))
+}
+
+/// The profile as a markdown table, with each row's share of the batch.
+fn profile_table(total: f64, rows: &[ProfileRow]) -> String {
+    let mut t = format!(
+        "Profile ({total:.1} ms per batch with the profile on):\n\n| stage | work | ms per batch | share | calls per batch |\n|---|---|---|---|---|\n"
+    );
+    for (stage, work, ms, calls) in rows {
+        t.push_str(&format!(
+            "| {stage} | {work} | {ms:.2} | {:.1}% | {calls:.0} |\n",
+            100.0 * ms / total
+        ));
+    }
+    t
 }

@@ -116,7 +116,65 @@ impl BasisConv2d {
             self.bank.bias_bank().as_ref(),
             &self.geometry,
             strategy,
+            None,
         )
+    }
+
+    /// [`BasisConv2d::forward`] followed by the per-output-channel affine map
+    /// `y * scale + shift` (`[Cout]` each), folded into the layer: the bank and its biases
+    /// are scaled and the shift joins each sample's bias, which saves a pass over the
+    /// output (an inference batch norm), for any coefficients.
+    ///
+    /// ```
+    /// use basis_core::{BasisConv2d, Conv2dGeometry};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let conv = BasisConv2d::new(&vs.root(), Conv2dGeometry::new(3, 4, 3).padding(1), 2, true)?;
+    /// let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    /// let alpha = Tensor::randn([2, 2], (Kind::Float, Device::Cpu));
+    /// let scale = Tensor::from_slice(&[0.5f32, 2.0, -1.0, 1.5]);
+    /// let shift = Tensor::from_slice(&[0.1f32, 0.2, 0.3, -0.4]);
+    /// let folded = conv.forward_affine(&x, &alpha, &scale, &shift)?;
+    /// let apart = conv.forward(&x, &alpha)? * scale.view([1, 4, 1, 1]) + shift.view([1, 4, 1, 1]);
+    /// assert!(folded.allclose(&apart, 1e-5, 1e-5, false));
+    /// # Ok::<(), basis_core::BasisError>(())
+    /// ```
+    pub fn forward_affine(
+        &self,
+        input: &Tensor,
+        coefficients: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Tensor> {
+        self.check_affine(scale, shift)?;
+        let batch = self.check_input(input)?;
+        let alpha = self.bank.coefficients(coefficients, batch)?;
+        layer::apply(
+            input,
+            &alpha,
+            &self.bank.weight_bank(),
+            self.bank.bias_bank().as_ref(),
+            &self.geometry,
+            self.bank.strategy(),
+            Some(layer::Affine { scale, shift }),
+        )
+    }
+
+    fn check_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<()> {
+        let out = self.geometry.out_channels;
+        for (what, t) in [("scale", scale), ("shift", shift)] {
+            if t.size() != [out] {
+                return Err(BasisError::Unsupported {
+                    strategy: "affine",
+                    reason: format!(
+                        "the affine {what} must have shape [{out}], found {:?}",
+                        t.size()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The static layer (`N = 1`) applied without coefficients: exactly PyTorch's `Conv2d`.
@@ -124,14 +182,19 @@ impl BasisConv2d {
         self.bank.require_static()?;
         self.check_input(input)?;
         let g = &self.geometry;
-        Ok(input.f_conv2d(
-            self.bank.weight(),
-            self.bank.bias(),
-            g.stride,
-            g.padding,
-            g.dilation,
-            g.groups,
-        )?)
+        crate::timing::span(
+            || static_work(g, input),
+            || {
+                Ok(input.f_conv2d(
+                    self.bank.weight(),
+                    self.bank.bias(),
+                    g.stride,
+                    g.padding,
+                    g.dilation,
+                    g.groups,
+                )?)
+            },
+        )
     }
 
     /// The static layer followed by the per-output-channel affine map `y * scale + shift`
@@ -158,34 +221,28 @@ impl BasisConv2d {
         scale: &Tensor,
         shift: &Tensor,
     ) -> Result<Tensor> {
-        let out = self.geometry.out_channels;
-        for (what, t) in [("scale", scale), ("shift", shift)] {
-            if t.size() != [out] {
-                return Err(BasisError::Unsupported {
-                    strategy: "static",
-                    reason: format!(
-                        "the affine {what} must have shape [{out}], found {:?}",
-                        t.size()
-                    ),
-                });
-            }
-        }
+        self.check_affine(scale, shift)?;
         self.bank.require_static()?;
         self.check_input(input)?;
-        let weight = self.bank.weight().f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
-        let bias = match self.bank.bias() {
-            Some(b) => b.f_mul(scale)?.f_add(shift)?,
-            None => shift.shallow_clone(),
-        };
         let g = &self.geometry;
-        Ok(input.f_conv2d(
-            &weight,
-            Some(&bias),
-            g.stride,
-            g.padding,
-            g.dilation,
-            g.groups,
-        )?)
+        crate::timing::span(
+            || format!("{} + folded batch norm", static_work(g, input)),
+            || {
+                let weight = self.bank.weight().f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?;
+                let bias = match self.bank.bias() {
+                    Some(b) => b.f_mul(scale)?.f_add(shift)?,
+                    None => shift.shallow_clone(),
+                };
+                Ok(input.f_conv2d(
+                    &weight,
+                    Some(&bias),
+                    g.stride,
+                    g.padding,
+                    g.dilation,
+                    g.groups,
+                )?)
+            },
+        )
     }
 
     /// Parameters and multiply-adds of the layer for one `h x w` input.
@@ -217,4 +274,11 @@ impl BasisConv2d {
         self.geometry.output_hw(h, w)?;
         Ok(batch)
     }
+}
+
+/// A static layer's entry in the timing profile.
+fn static_work(g: &Conv2dGeometry, input: &Tensor) -> String {
+    let size = input.size();
+    let hw = (size[size.len() - 2], size[size.len() - 1]);
+    format!("{} (static)", g.kind_name(hw))
 }

@@ -127,6 +127,27 @@ impl Conv2dGeometry {
         self.groups > 1 && self.groups == self.in_channels && self.groups == self.out_channels
     }
 
+    /// What kind of layer this is on an `h x w` input, as profiles name it: `depthwise 3x3`,
+    /// `1x1`, `1x1 on 1x1 input` (linear and squeeze-excite layers), `3x3 dense`.
+    ///
+    /// ```
+    /// use basis_core::Conv2dGeometry;
+    /// assert_eq!(Conv2dGeometry::new(16, 16, 5).groups(16).kind_name((14, 14)), "depthwise 5x5");
+    /// assert_eq!(Conv2dGeometry::new(16, 64, 1).kind_name((1, 1)), "1x1 on 1x1 input");
+    /// ```
+    pub fn kind_name(&self, input_hw: (i64, i64)) -> String {
+        let [kh, kw] = self.kernel_size;
+        if self.is_depthwise() {
+            format!("depthwise {kh}x{kw}")
+        } else if self.is_pointwise() && input_hw == (1, 1) {
+            "1x1 on 1x1 input".into()
+        } else if self.is_pointwise() {
+            "1x1".into()
+        } else {
+            format!("{kh}x{kw} dense")
+        }
+    }
+
     /// Output height and width for an `h x w` input, or an error when the input is smaller
     /// than the (dilated) kernel after padding.
     pub fn output_hw(&self, h: i64, w: i64) -> Result<(i64, i64)> {

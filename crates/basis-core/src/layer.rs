@@ -5,6 +5,7 @@ use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
 use crate::strategy::Strategy;
 use crate::synthesis;
+use crate::timing;
 use tch::Tensor;
 
 /// Coefficients checked against the batch and the bank, in the bank's dtype.
@@ -51,7 +52,17 @@ pub(crate) fn check_coefficients(
     })
 }
 
-/// Run `strategy` (resolving `Auto`) on checked arguments. `input` is `[B, C, H, W]`.
+/// A per-output-channel map `y * scale + shift` applied after a layer, folded into it: an
+/// inference batch norm.
+#[derive(Clone, Copy)]
+pub(crate) struct Affine<'a> {
+    pub(crate) scale: &'a Tensor,
+    pub(crate) shift: &'a Tensor,
+}
+
+/// Run `strategy` (resolving `Auto`) on checked arguments. `input` is `[B, C, H, W]`. With
+/// `affine`, the bank and its biases are scaled first and the shift joins every sample's
+/// bias, so the layer's output is already `y * scale + shift` for any coefficients.
 pub(crate) fn apply(
     input: &Tensor,
     coefficients: &Coefficients,
@@ -59,6 +70,7 @@ pub(crate) fn apply(
     bias_bank: Option<&Tensor>,
     geometry: &Conv2dGeometry,
     strategy: Strategy,
+    affine: Option<Affine>,
 ) -> Result<Tensor> {
     let (batch, _, h, w) = input.size4()?;
     geometry.output_hw(h, w)?;
@@ -76,6 +88,31 @@ pub(crate) fn apply(
             ),
         });
     }
+    let (bank, bias_bank) = match affine {
+        None => (bank.shallow_clone(), bias_bank.map(Tensor::shallow_clone)),
+        Some(a) => {
+            let out = geometry.out_channels;
+            let per_basis = a.scale.f_reshape([1, out, 1, 1, 1])?;
+            let scaled = bank.f_mul(&per_basis)?;
+            let bias = bias_bank
+                .map(|bb| bb.f_mul(&a.scale.f_reshape([1, out])?))
+                .transpose()?;
+            (scaled, bias)
+        }
+    };
+    // Each coefficient row's bias `[rows, Cout]`: its share of the bias bank, plus the shift.
+    let biases = |rows: &Tensor| -> Result<Option<Tensor>> {
+        let from_bank = bias_bank.as_ref().map(|bb| rows.f_matmul(bb)).transpose()?;
+        Ok(match (from_bank, affine) {
+            (Some(b), Some(a)) => Some(b.f_add(a.shift)?),
+            (None, Some(a)) => Some(
+                a.shift
+                    .f_unsqueeze(0)?
+                    .f_expand([rows.size()[0], geometry.out_channels], false)?,
+            ),
+            (b, None) => b,
+        })
+    };
     let alpha = || -> Result<Tensor> {
         Ok(if coefficients.tensor.size()[0] == batch {
             coefficients.tensor.shallow_clone()
@@ -91,10 +128,30 @@ pub(crate) fn apply(
         // `Auto` resolves to a concrete strategy above; one row for the whole batch.
         Strategy::Shared | Strategy::Auto => {
             let row = shared_row(coefficients)?;
-            return synthesis::shared(input, &row, bank, bias_bank, geometry);
+            return timing::span(
+                || work(geometry, (h, w), strategy, affine.is_some()),
+                || synthesis::shared(input, &row, &bank, biases(&row)?.as_ref(), geometry),
+            );
         }
     };
-    kernel(input, &alpha()?, bank, bias_bank, geometry)
+    timing::span(
+        || work(geometry, (h, w), strategy, affine.is_some()),
+        || {
+            let alpha = alpha()?;
+            kernel(input, &alpha, &bank, biases(&alpha)?.as_ref(), geometry)
+        },
+    )
+}
+
+/// A basis layer's entry in the timing profile: its kind and strategy.
+fn work(
+    geometry: &Conv2dGeometry,
+    input_hw: (i64, i64),
+    strategy: Strategy,
+    folded: bool,
+) -> String {
+    let bn = if folded { " + folded batch norm" } else { "" };
+    format!("{} ({}){bn}", geometry.kind_name(input_hw), strategy.name())
 }
 
 /// The one coefficient row `Shared` runs with: a single row, or rows that are all equal

@@ -45,6 +45,7 @@ mod layout;
 mod linear;
 mod strategy;
 mod synthesis;
+pub mod timing;
 
 pub use bank::KernelBank;
 pub use coefficients::{softmax_with_temperature, BasisDropout};

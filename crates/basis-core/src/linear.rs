@@ -130,15 +130,29 @@ impl BasisLinear {
         };
         match resolved {
             Strategy::Shared => {
-                let row = layer::shared_row(&alpha)?;
-                let (weight, bias) = self.bank.synthesize(&row)?;
-                return Ok(input.f_linear(&weight, bias.as_ref())?);
+                return crate::timing::span(
+                    || "linear (shared)".into(),
+                    || {
+                        let row = layer::shared_row(&alpha)?;
+                        let (weight, bias) = self.bank.synthesize(&row)?;
+                        Ok(input.f_linear(&weight, bias.as_ref())?)
+                    },
+                );
             }
             Strategy::MixOutputs => {
-                let alpha = alpha.tensor.f_expand([batch, num_bases], false)?;
-                let bank = self.bank.weight_bank();
-                let bias = self.bank.bias_bank();
-                return crate::synthesis::mix_outputs_dense(input, &alpha, &bank, bias.as_ref());
+                return crate::timing::span(
+                    || "linear (mix-outputs)".into(),
+                    || {
+                        let alpha = alpha.tensor.f_expand([batch, num_bases], false)?;
+                        let bank = self.bank.weight_bank();
+                        let bias = self
+                            .bank
+                            .bias_bank()
+                            .map(|bb| alpha.f_matmul(&bb))
+                            .transpose()?;
+                        crate::synthesis::mix_outputs_dense(input, &alpha, &bank, bias.as_ref())
+                    },
+                );
             }
             _ => {}
         }
@@ -157,6 +171,7 @@ impl BasisLinear {
             self.bank.bias_bank().as_ref(),
             &geometry,
             resolved,
+            None,
         )?;
         Ok(y.f_reshape([batch, self.out_features])?)
     }
@@ -165,7 +180,10 @@ impl BasisLinear {
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
         self.bank.require_static()?;
         self.check_input(input)?;
-        Ok(input.f_linear(self.bank.weight(), self.bank.bias())?)
+        crate::timing::span(
+            || "linear (static)".into(),
+            || Ok(input.f_linear(self.bank.weight(), self.bank.bias())?),
+        )
     }
 
     /// Parameters and multiply-adds for one sample.

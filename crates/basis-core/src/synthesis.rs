@@ -1,7 +1,9 @@
 //! The strategies' kernels: a bank of `N` kernels, per-sample coefficients, one output.
 //!
 //! Shapes throughout: input `[B, C, H, W]`, coefficients `[B, N]` (already one row per
-//! sample, except for [`shared`]), bank `[N, Cout, Cin/g, kh, kw]`, bias bank `[N, Cout]`.
+//! sample, except for [`shared`]), bank `[N, Cout, Cin/g, kh, kw]`, and each sample's bias
+//! `[B, Cout]` (its coefficients times the bias bank, computed once by the caller, plus a
+//! folded batch norm's shift).
 
 use crate::error::Result;
 use crate::geometry::Conv2dGeometry;
@@ -10,12 +12,17 @@ use tch::Tensor;
 
 /// `[R, N] x [N, ...] -> [R, ...]`: each row's weighted sum of the bank.
 pub(crate) fn synthesize(coefficients: &Tensor, bank: &Tensor) -> Result<Tensor> {
-    let mut shape = bank.size();
-    let n = shape[0];
-    shape[0] = coefficients.size()[0];
-    Ok(coefficients
-        .f_matmul(&bank.f_reshape([n, -1])?)?
-        .f_reshape(shape)?)
+    crate::timing::span(
+        || "kernel synthesis".into(),
+        || {
+            let mut shape = bank.size();
+            let n = shape[0];
+            shape[0] = coefficients.size()[0];
+            Ok(coefficients
+                .f_matmul(&bank.f_reshape([n, -1])?)?
+                .f_reshape(shape)?)
+        },
+    )
 }
 
 fn conv(
@@ -33,7 +40,7 @@ pub(crate) fn per_sample(
     input: &Tensor,
     coefficients: &Tensor,
     bank: &Tensor,
-    bias_bank: Option<&Tensor>,
+    bias: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Tensor> {
     let batch = input.size()[0];
@@ -41,9 +48,7 @@ pub(crate) fn per_sample(
     for b in 0..batch {
         let alpha = coefficients.f_narrow(0, b, 1)?;
         let weight = synthesize(&alpha, bank)?.f_squeeze_dim(0)?;
-        let bias = bias_bank
-            .map(|bb| alpha.f_matmul(bb)?.f_squeeze_dim(0))
-            .transpose()?;
+        let bias = bias.map(|v| v.f_select(0, b)).transpose()?;
         outputs.push(conv(
             &input.f_narrow(0, b, 1)?,
             &weight,
@@ -60,15 +65,13 @@ pub(crate) fn grouped_conv(
     input: &Tensor,
     coefficients: &Tensor,
     bank: &Tensor,
-    bias_bank: Option<&Tensor>,
+    bias: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Tensor> {
     let (b, c, h, w) = input.size4()?;
     let [out, in_per_group, kh, kw] = g.weight_shape();
     let weights = synthesize(coefficients, bank)?.f_reshape([b * out, in_per_group, kh, kw])?;
-    let bias = bias_bank
-        .map(|bb| coefficients.f_matmul(bb)?.f_reshape([b * out]))
-        .transpose()?;
+    let bias = bias.map(|v| v.f_reshape([b * out])).transpose()?;
     let y = conv(
         &input.f_reshape([1, b * c, h, w])?,
         &weights,
@@ -85,7 +88,7 @@ pub(crate) fn batched_matmul(
     input: &Tensor,
     coefficients: &Tensor,
     bank: &Tensor,
-    bias_bank: Option<&Tensor>,
+    bias: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Tensor> {
     let (b, c, _, _) = input.size4()?;
@@ -109,21 +112,23 @@ pub(crate) fn batched_matmul(
             .f_reshape([b, out, c])?
             .f_transpose(1, 2)?;
         let x = x.f_permute([0, 2, 3, 1])?.f_reshape([b, oh * ow, c])?;
-        let mut y = x.f_bmm(&weights)?;
-        if let Some(bb) = bias_bank {
-            y = y.f_add(&coefficients.f_matmul(bb)?.f_unsqueeze(1)?)?;
-        }
+        let y = match bias {
+            Some(v) => v.f_unsqueeze(1)?.f_baddbmm(&x, &weights, 1.0, 1.0)?,
+            None => x.f_bmm(&weights)?,
+        };
         return Ok(y.f_reshape([b, oh, ow, out])?.f_permute([0, 3, 1, 2])?);
     }
     // [B, Cout, Cin/g] -> [B*g, Cout/g, Cin/g]; input [B*g, Cin/g, H'W'].
     let weights =
         synthesize(coefficients, bank)?.f_reshape([b * groups, out / groups, c / groups])?;
     let x = x.f_reshape([b * groups, c / groups, oh * ow])?;
-    let mut y = weights.f_bmm(&x)?.f_reshape([b, out, oh, ow])?;
-    if let Some(bb) = bias_bank {
-        y = y.f_add(&coefficients.f_matmul(bb)?.f_reshape([b, out, 1, 1])?)?;
-    }
-    match_layout(y, input)
+    let y = match bias {
+        Some(v) => v
+            .f_reshape([b * groups, out / groups, 1])?
+            .f_baddbmm(&weights, &x, 1.0, 1.0)?,
+        None => weights.f_bmm(&x)?,
+    };
+    match_layout(y.f_reshape([b, out, oh, ow])?, input)
 }
 
 /// Every basis on every sample, then each sample's outputs mixed by its coefficients.
@@ -131,14 +136,14 @@ pub(crate) fn mix_outputs(
     input: &Tensor,
     coefficients: &Tensor,
     bank: &Tensor,
-    bias_bank: Option<&Tensor>,
+    bias: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Tensor> {
     let (b, c, h, w) = input.size4()?;
     if is_dense_on_one_pixel(g, (h, w)) {
         let x = input.f_reshape([b, c])?;
         let bank = bank.f_reshape([bank.size()[0], g.out_channels, c])?;
-        let y = mix_outputs_dense(&x, coefficients, &bank, bias_bank)?;
+        let y = mix_outputs_dense(&x, coefficients, &bank, bias)?;
         return Ok(y.f_reshape([b, g.out_channels, 1, 1])?);
     }
     let n = bank.size()[0];
@@ -155,24 +160,23 @@ pub(crate) fn mix_outputs(
     let y = y.f_reshape([b, groups, n, (out / groups) * oh * ow])?;
     let mixed = Tensor::f_einsum("bn,bgnk->bgk", &[coefficients, &y], None::<i64>)?;
     let mut y = mixed.f_reshape([b, out, oh, ow])?;
-    if let Some(bb) = bias_bank {
-        y = y.f_add(&coefficients.f_matmul(bb)?.f_reshape([b, out, 1, 1])?)?;
+    if let Some(v) = bias {
+        y = y.f_add(&v.f_reshape([b, out, 1, 1])?)?;
     }
     match_layout(y, input)
 }
 
-/// One kernel from one coefficient row (`[1, N]`), one ordinary convolution.
+/// One kernel from one coefficient row (`[1, N]`), one ordinary convolution; `bias` is
+/// that row's `[1, Cout]`.
 pub(crate) fn shared(
     input: &Tensor,
     coefficient_row: &Tensor,
     bank: &Tensor,
-    bias_bank: Option<&Tensor>,
+    bias: Option<&Tensor>,
     g: &Conv2dGeometry,
 ) -> Result<Tensor> {
     let weight = synthesize(coefficient_row, bank)?.f_squeeze_dim(0)?;
-    let bias = bias_bank
-        .map(|bb| coefficient_row.f_matmul(bb)?.f_squeeze_dim(0))
-        .transpose()?;
+    let bias = bias.map(|v| v.f_reshape([-1])).transpose()?;
     conv(input, &weight, bias.as_ref(), g, g.groups)
 }
 
@@ -187,21 +191,22 @@ pub(crate) fn is_dense_on_one_pixel(g: &Conv2dGeometry, input_hw: (i64, i64)) ->
 
 /// Linear layers: every basis in one matrix multiply (`[B, in] x [in, N*out]`), then each
 /// sample's `N` outputs mixed by its coefficients: the multiply-adds of synthesis without
-/// writing `B` weight matrices. `x` `[B, in]`, bank `[N, out, in]`, bias bank `[N, out]`.
+/// writing `B` weight matrices. `x` `[B, in]`, bank `[N, out, in]`, each sample's bias
+/// `[B, out]`.
 pub(crate) fn mix_outputs_dense(
     x: &Tensor,
     coefficients: &Tensor,
     bank: &Tensor,
-    bias_bank: Option<&Tensor>,
+    bias: Option<&Tensor>,
 ) -> Result<Tensor> {
     let batch = x.size()[0];
     let (n, out, inp) = bank.size3()?;
     let all = x
         .f_matmul(&bank.f_reshape([n * out, inp])?.f_transpose(0, 1)?)?
         .f_reshape([batch, n, out])?;
-    let mut y = coefficients.f_unsqueeze(1)?.f_bmm(&all)?.f_squeeze_dim(1)?;
-    if let Some(bb) = bias_bank {
-        y = y.f_add(&coefficients.f_matmul(bb)?)?;
-    }
-    Ok(y)
+    let y = coefficients.f_unsqueeze(1)?.f_bmm(&all)?.f_squeeze_dim(1)?;
+    Ok(match bias {
+        Some(v) => y.f_add(v)?,
+        None => y,
+    })
 }

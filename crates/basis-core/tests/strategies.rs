@@ -1,6 +1,7 @@
 //! Every strategy equals a per-sample reference loop (one plain convolution per sample,
 //! its kernel summed basis by basis) within 1e-4 in fp32: the output, and the gradients
-//! of the bases, the biases, the coefficients and the input.
+//! of the bases, the biases, the coefficients and the input; and with an affine map folded
+//! in (`forward_affine`, an inference batch norm), the reference's output mapped.
 
 use basis_core::{
     is_channels_last, to_channels_last, BasisConv2d, BasisLinear, Conv2dGeometry, Strategy,
@@ -164,7 +165,7 @@ fn check_conv(case: &Case) -> Result<(), TestCaseError> {
     let g = case.geometry;
     let mut bank_shape = vec![case.bases];
     bank_shape.extend(g.weight_shape());
-    let (x, bank, bias, per_sample, one_row) = seeded(case.seed, || {
+    let (x, bank, bias, per_sample, one_row, scale, shift) = seeded(case.seed, || {
         (
             input_leaf(
                 &[case.batch, g.in_channels, case.hw.0, case.hw.1],
@@ -174,6 +175,8 @@ fn check_conv(case: &Case) -> Result<(), TestCaseError> {
             case.bias.then(|| leaf(&[case.bases, g.out_channels])),
             leaf(&[case.batch, case.bases]),
             leaf(&[1, case.bases]),
+            Tensor::randn([g.out_channels], (Kind::Float, Device::Cpu)),
+            Tensor::randn([g.out_channels], (Kind::Float, Device::Cpu)),
         )
     });
     for strategy in Strategy::CONCRETE {
@@ -217,6 +220,16 @@ fn check_conv(case: &Case) -> Result<(), TestCaseError> {
         {
             close(&format!("{strategy} grad of {name}"), o, r)?;
         }
+        let folded = BasisConv2d::from_bank(&bank, bias.as_ref(), g)
+            .unwrap()
+            .with_strategy(strategy);
+        let folded = tch::no_grad(|| folded.forward_affine(&x, alpha, &scale, &shift).unwrap());
+        let mapped = &reference * scale.view([1, -1, 1, 1]) + shift.view([1, -1, 1, 1]);
+        close(
+            &format!("{strategy} with a folded affine map"),
+            &folded,
+            &mapped,
+        )?;
     }
     Ok(())
 }

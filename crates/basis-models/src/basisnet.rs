@@ -8,7 +8,7 @@ use crate::error::{ModelError, Result};
 use crate::lightweight::Lightweight;
 use crate::mobilenet::MobileNet;
 use crate::profile::Profile;
-use basis_core::BasisDropout;
+use basis_core::{timing, BasisDropout};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Kind, Tensor};
@@ -223,12 +223,24 @@ impl BasisNet {
         }
         // libtorch's antialiased resize has no bf16/f16 CPU kernel: resize in fp32.
         let kind = images.f_kind()?;
-        let resized = match kind {
-            Kind::Float | Kind::Double => images.shallow_clone(),
-            _ => images.f_to_kind(Kind::Float)?,
-        }
-        .f_internal_upsample_bilinear2d_aa([r, r], false, None, None)?;
-        Ok(resized.f_to_kind(kind)?)
+        timing::stage("lightweight", || {
+            timing::span(
+                || "antialiased resize".into(),
+                || {
+                    let resized = match kind {
+                        Kind::Float | Kind::Double => images.shallow_clone(),
+                        _ => images.f_to_kind(Kind::Float)?,
+                    }
+                    .f_internal_upsample_bilinear2d_aa(
+                        [r, r],
+                        false,
+                        None,
+                        None,
+                    )?;
+                    Ok(resized.f_to_kind(kind)?)
+                },
+            )
+        })
     }
 
     /// Training forward: lightweight logits, coefficients (with basis dropout when
@@ -291,13 +303,17 @@ impl BasisNet {
         coefficients: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<BasisNetOutput> {
         self.check_batch(light_images, images)?;
-        let light = self.lightweight.forward_t(light_images, train)?;
+        let light = timing::stage("lightweight", || {
+            self.lightweight.forward_t(light_images, train)
+        })?;
         let coefficients = light
             .coefficients
             .iter()
             .map(coefficients)
             .collect::<Result<Vec<_>>>()?;
-        let specialist_logits = self.specialist.forward_t(images, &coefficients, train)?;
+        let specialist_logits = timing::stage("specialist", || {
+            self.specialist.forward_t(images, &coefficients, train)
+        })?;
         Ok(BasisNetOutput {
             light_logits: light.logits,
             coefficients,
@@ -320,8 +336,13 @@ impl BasisNet {
         }
         self.check_batch(light_images, images)?;
         tch::no_grad(|| {
-            let light = self.lightweight.forward_t(light_images, false)?;
-            let confidence = early_exit::confidence(&light.logits)?;
+            let light = timing::stage("lightweight", || {
+                self.lightweight.forward_t(light_images, false)
+            })?;
+            let confidence = timing::span(
+                || "exit decision".into(),
+                || early_exit::confidence(&light.logits),
+            )?;
             let exits: Vec<bool> = Vec::<f32>::try_from(&confidence)?
                 .into_iter()
                 .map(|p| early_exit::exits(f64::from(p), threshold))
@@ -334,14 +355,21 @@ impl BasisNet {
             let mut logits = light.logits.shallow_clone();
             if !rest.is_empty() {
                 let index = Tensor::from_slice(&rest).f_to_device(images.device())?;
-                let subset = images.f_index_select(0, &index)?;
-                let alphas = light
-                    .coefficients
-                    .iter()
-                    .map(|c| c.f_index_select(0, &index).map_err(ModelError::from))
-                    .collect::<Result<Vec<_>>>()?;
-                let special = self.specialist.forward_t(&subset, &alphas, false)?;
-                logits = logits.f_index_copy(0, &index, &special.f_to_kind(logits.f_kind()?)?)?;
+                let gather = || "gather and scatter of the specialist's images".to_string();
+                let (subset, alphas) = timing::span(gather, || -> Result<_> {
+                    let alphas = light
+                        .coefficients
+                        .iter()
+                        .map(|c| c.f_index_select(0, &index).map_err(ModelError::from))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok((images.f_index_select(0, &index)?, alphas))
+                })?;
+                let special = timing::stage("specialist", || {
+                    self.specialist.forward_t(&subset, &alphas, false)
+                })?;
+                logits = timing::span(gather, || {
+                    logits.f_index_copy(0, &index, &special.f_to_kind(logits.f_kind()?)?)
+                })?;
             }
             Ok(EarlyExitOutput {
                 logits,

@@ -6,6 +6,7 @@ use crate::arch::Act;
 use crate::batch_norm::{BatchNorm2d, BatchNormSpec};
 use crate::error::Result;
 use crate::names::module_name;
+use basis_core::timing;
 use basis_core::{BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
 use tch::{nn, Tensor};
 
@@ -14,15 +15,23 @@ use tch::{nn, Tensor};
 /// allocation (and its page faults) per layer.
 pub fn activate(mut x: Tensor, act: Option<Act>) -> Result<Tensor> {
     let in_place = !x.requires_grad();
-    Ok(match (act, in_place) {
-        (None, _) => x,
-        (Some(Act::Relu), true) => x.f_relu_()?,
-        (Some(Act::Relu), false) => x.f_relu()?,
-        (Some(Act::Relu6), true) => x.f_clamp_(0.0, 6.0)?,
-        (Some(Act::Relu6), false) => x.f_relu6()?,
-        (Some(Act::Hardswish), true) => x.f_hardswish_()?,
-        (Some(Act::Hardswish), false) => x.f_hardswish()?,
-    })
+    if act.is_none() {
+        return Ok(x);
+    }
+    timing::span(
+        || "activation".into(),
+        || {
+            Ok(match (act, in_place) {
+                (None, _) => x,
+                (Some(Act::Relu), true) => x.f_relu_()?,
+                (Some(Act::Relu), false) => x.f_relu()?,
+                (Some(Act::Relu6), true) => x.f_clamp_(0.0, 6.0)?,
+                (Some(Act::Relu6), false) => x.f_relu6()?,
+                (Some(Act::Hardswish), true) => x.f_hardswish_()?,
+                (Some(Act::Hardswish), false) => x.f_hardswish()?,
+            })
+        },
+    )
 }
 
 /// The coefficient vectors of one forward pass, `[B, N]` each (or `[1, N]` for one
@@ -166,32 +175,42 @@ impl ConvBnAct {
         })
     }
 
-    /// Convolution, normalization, activation. In evaluation a static layer folds the
-    /// normalization into its kernel and bias when the output is larger than the kernel
-    /// (the fold rewrites the kernel, and saves a pass over the output).
+    /// Convolution, normalization, activation. In evaluation the normalization is folded
+    /// into the layer when the output is larger than what the fold rewrites: a static
+    /// layer's kernel, a basis layer's `N` kernels (scaled before synthesis, the shift in
+    /// each sample's bias); the fold saves a pass over the output.
     pub fn forward_t(
         &self,
         x: &Tensor,
         coefficients: CoefficientVectors,
         train: bool,
     ) -> Result<Tensor> {
-        if !train && self.conv.vector.is_none() && self.folding_pays(x) {
+        if !train && self.folding_pays(x) {
             let (scale, shift) = self.bn.inference_affine()?;
-            let y = self.conv.conv.forward_static_affine(x, &scale, &shift)?;
+            let y = match self.conv.vector {
+                None => self.conv.conv.forward_static_affine(x, &scale, &shift)?,
+                Some(v) => self.conv.conv.forward_affine(
+                    x,
+                    crate::error::vector(coefficients, v)?,
+                    &scale,
+                    &shift,
+                )?,
+            };
             return activate(y, self.act);
         }
         let y = self.conv.forward(x, coefficients)?;
-        activate(self.bn.forward_t(&y, train)?, self.act)
+        let y = timing::span(|| "batch norm".into(), || self.bn.forward_t(&y, train))?;
+        activate(y, self.act)
     }
 
     /// Whether an output of `x`'s batch and size holds more values per channel than one
-    /// output channel of the kernel (`B * H_out * W_out >= Cin/g * kh * kw`).
+    /// output channel of the bank (`B * H_out * W_out >= N * Cin/g * kh * kw`).
     fn folding_pays(&self, x: &Tensor) -> bool {
         let g = self.conv.conv.geometry();
         let &[b, _, h, w] = x.size().as_slice() else {
             return false;
         };
-        let per_channel = g.weight_numel() / g.out_channels;
+        let per_channel = self.conv.conv.bank().num_bases() * g.weight_numel() / g.out_channels;
         match g.output_hw(h, w) {
             Ok((oh, ow)) => b * oh * ow >= per_channel,
             Err(_) => false,
@@ -241,15 +260,20 @@ impl SqueezeExcite {
 
     /// `x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))`.
     pub fn forward(&self, x: &Tensor, coefficients: CoefficientVectors) -> Result<Tensor> {
-        let s = x.f_adaptive_avg_pool2d([1, 1])?;
-        let s = self.fc1.forward(&s, coefficients)?.f_relu()?;
-        let s = self.fc2.forward(&s, coefficients)?.f_hardsigmoid()?;
-        if x.requires_grad() || s.requires_grad() {
-            Ok(x.f_mul(&s)?)
-        } else {
-            // Inference: scale the block's own intermediate in place.
-            Ok(x.shallow_clone().f_mul_(&s)?)
-        }
+        let se = || "squeeze-excite pool, gates and scale".to_string();
+        let s = timing::span(se, || x.f_adaptive_avg_pool2d([1, 1]))?;
+        let s = self.fc1.forward(&s, coefficients)?;
+        let s = timing::span(se, || s.f_relu())?;
+        let s = self.fc2.forward(&s, coefficients)?;
+        timing::span(se, || {
+            let s = s.f_hardsigmoid()?;
+            if x.requires_grad() || s.requires_grad() {
+                Ok(x.f_mul(&s)?)
+            } else {
+                // Inference: scale the block's own intermediate in place.
+                Ok(x.shallow_clone().f_mul_(&s)?)
+            }
+        })
     }
 }
 

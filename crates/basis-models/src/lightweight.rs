@@ -5,7 +5,7 @@ use crate::basis::BasisSpec;
 use crate::config::MobileNetConfig;
 use crate::error::{ModelError, Result};
 use crate::mobilenet::MobileNet;
-use basis_core::{softmax_with_temperature, BasisLinear, LayerCost};
+use basis_core::{softmax_with_temperature, timing, BasisLinear, LayerCost};
 use tch::{nn, Tensor};
 
 /// A static backbone with its classifier, plus a coefficient head: a linear layer on the
@@ -93,12 +93,17 @@ impl Lightweight {
         let pooled = self.backbone.features_t(images, &[], train)?;
         let logits = self.backbone.classify_t(&pooled, &[], train)?;
         let batch = pooled.size()[0];
-        let z = self.head.forward_static(&pooled)?.f_reshape([
-            batch,
-            self.vectors as i64,
-            self.num_bases,
-        ])?;
-        let alpha = softmax_with_temperature(&z, self.temperature)?;
+        let alpha = timing::stage("coefficient head", || -> Result<Tensor> {
+            let z = self.head.forward_static(&pooled)?.f_reshape([
+                batch,
+                self.vectors as i64,
+                self.num_bases,
+            ])?;
+            timing::span(
+                || "softmax with temperature".into(),
+                || Ok(softmax_with_temperature(&z, self.temperature)?),
+            )
+        })?;
         let coefficients = (0..self.vectors as i64)
             .map(|v| alpha.f_select(1, v).map_err(ModelError::from))
             .collect::<Result<_>>()?;

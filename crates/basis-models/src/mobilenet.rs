@@ -9,7 +9,7 @@ use crate::basis::{BasisSpec, CoefficientScope, Site};
 use crate::config::{Layout, MobileNetConfig};
 use crate::error::{ModelError, Result};
 use crate::layers::{ConvBnAct, Linear, SqueezeExcite};
-use basis_core::{to_channels_last, Conv2dGeometry};
+use basis_core::{timing, to_channels_last, Conv2dGeometry};
 use std::collections::BTreeMap;
 use tch::{nn, Tensor};
 
@@ -344,7 +344,7 @@ impl MobileNet {
         }
         let channels_last = self.runs_channels_last(x.size()[0], coefficients);
         let mut x = if channels_last {
-            to_channels_last(x)?
+            timing::span(|| "layout conversion".into(), || to_channels_last(x))?
         } else {
             x.shallow_clone()
         };
@@ -355,7 +355,8 @@ impl MobileNet {
                 // here, or every later layer runs contiguous (training the Fashion-MNIST
                 // networks measured 2x slower, depthwise weight gradients by im2col).
                 Feature::Conv(_, layer) if channels_last => {
-                    to_channels_last(&layer.forward_t(&x, coefficients, train)?)?
+                    let y = layer.forward_t(&x, coefficients, train)?;
+                    timing::span(|| "layout conversion".into(), || to_channels_last(&y))?
                 }
                 Feature::Conv(_, layer) => layer.forward_t(&x, coefficients, train)?,
                 Feature::Block(block) => {
@@ -368,15 +369,19 @@ impl MobileNet {
                         y = se.forward(&y, coefficients)?;
                     }
                     y = block.project.forward_t(&y, coefficients, train)?;
+                    let add = || "residual add".to_string();
                     match (block.residual, y.requires_grad()) {
-                        (true, true) => y.f_add(&x)?,
-                        (true, false) => y.f_add_(&x)?,
+                        (true, true) => timing::span(add, || y.f_add(&x))?,
+                        (true, false) => timing::span(add, || y.f_add_(&x))?,
                         (false, _) => y,
                     }
                 }
             };
         }
-        Ok(x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?)
+        Ok(timing::span(
+            || "global pool".into(),
+            || x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1),
+        )?)
     }
 
     /// The classifier on pooled features.
@@ -396,7 +401,7 @@ impl MobileNet {
             }
             x = layer.forward(&x, coefficients)?;
             if i < last {
-                x = x.f_hardswish()?;
+                x = timing::span(|| "activation".into(), || x.f_hardswish())?;
             }
         }
         Ok(x)

@@ -3,21 +3,25 @@
 //! default: one step is the joint loss (forward of both stages), backward, and an SGD
 //! update (momentum 0.9, Nesterov, weight decay 4e-5 off batch norm and biases).
 //!
-//! Side by side in one run with the PyTorch eager implementation of the same model and
-//! loss in `scripts/basisnet_train_bench.py`: the Rust side saves its initial weights and
+//! Side by side in one run with the strongest PyTorch version of the same model and loss in
+//! `scripts/basisnet_train_bench.py` (each kind of basis layer in its fastest formulation,
+//! both memory layouts; or `torch.compile` for the static network): the Rust side saves its initial weights and
 //! its batch as safetensors, Python loads them, and the first step's loss of both sides
 //! (fp32) must agree before any time is compared (relative difference < 1e-4 on the CPU,
 //! 1e-3 on CUDA, where cuDNN's convolutions run in TF32 by default on both sides). Dropout
-//! and basis dropout are off on both sides so the first step is deterministic. Medians of
-//! the timed steps, after one untimed step; both sides use the same number of libtorch
-//! threads, and PyTorch keeps the faster of its two memory layouts.
+//! and basis dropout are off on both sides so the first step is deterministic. Rounds
+//! alternate the sides (`BASISNET_BENCH_ROUNDS`, default 3; PyTorch searches its layout and
+//! plan in the first and reuses them); each round's rate is the median of its timed steps
+//! after one untimed step, and the ratio reported is the median of the per-round ratios,
+//! with their range. Both sides use the same number of libtorch threads.
 //!
 //! `cargo bench -p basis-train --bench train_step` (needs `cargo xtask setup`). The
-//! environment chooses the row: `BASISNET_BENCH_STEPS` (timed steps per side, default 10),
+//! environment chooses the row: `BASISNET_BENCH_STEPS` (timed steps per side and round, default 5),
 //! `BASISNET_BENCH_DEVICE` (`cpu`, `cuda`), `BASISNET_BENCH_BATCH` (default 32),
 //! `BASISNET_BENCH_PRECISION` (`fp32`, `bf16`: autocast, fp32 weights),
-//! `BASISNET_BENCH_MODEL` (`basisnet-mv3`, or `mobilenet-v3-large`: the static network
-//! against torchvision's) and `BASISNET_SCRIPTS` (the folder of the PyTorch scripts, for
+//! `BASISNET_BENCH_MODEL` (`basisnet-mv3`; `mobilenet-v3-large`: the static network
+//! against torchvision's eager; `mobilenet-v3-large-compiled`: against it under
+//! `torch.compile`) and `BASISNET_SCRIPTS` (the folder of the PyTorch scripts, for
 //! the GPU kit).
 
 use basis_amp::Precision;
@@ -52,7 +56,7 @@ impl Row {
         };
         let precision = var("BASISNET_BENCH_PRECISION", "fp32");
         Row {
-            steps: var("BASISNET_BENCH_STEPS", "10")
+            steps: var("BASISNET_BENCH_STEPS", "5")
                 .parse()
                 .expect("a step count"),
             device,
@@ -113,8 +117,17 @@ fn ours(model: &Model, vs: &nn::VarStore, batch: &Batch, row: &Row) -> (f64, Vec
     (first, seconds)
 }
 
-/// PyTorch's first-step loss, timed steps and layout.
-fn pytorch(state: &Path, row: &Row) -> Result<(f64, Vec<f64>, String), String> {
+/// One PyTorch process: its first-step loss, timed steps and choice (layout and plan),
+/// and the seconds `torch.compile` took (for the compiled model).
+struct Theirs {
+    first: f64,
+    seconds: Vec<f64>,
+    choice: serde_json::Value,
+    compile_seconds: Option<f64>,
+}
+
+/// Run the PyTorch side once; `choice` (an earlier round's) skips its search.
+fn pytorch(state: &Path, row: &Row, choice: Option<&serde_json::Value>) -> Result<Theirs, String> {
     let mut cmd = python("basisnet_train_bench.py");
     cmd.arg(state)
         .arg(row.steps.to_string())
@@ -122,21 +135,38 @@ fn pytorch(state: &Path, row: &Row) -> Result<(f64, Vec<f64>, String), String> {
         .arg(if row.device.is_cuda() { "cuda" } else { "cpu" })
         .arg(row.precision.to_string())
         .arg(&row.model);
+    if let Some(choice) = choice {
+        cmd.arg(choice.to_string());
+    }
     let out = cmd.output().map_err(|e| format!("python3: {e}"))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
-    let first = json["first_loss"].as_f64().ok_or("no first_loss")?;
-    let seconds = json["seconds"]
-        .as_array()
-        .ok_or("no seconds")?
-        .iter()
-        .filter_map(|v| v.as_f64())
-        .collect();
-    let layout = json["layout"].as_str().unwrap_or("?").to_string();
-    Ok((first, seconds, layout))
+    Ok(Theirs {
+        first: json["first_loss"].as_f64().ok_or("no first_loss")?,
+        seconds: json["seconds"]
+            .as_array()
+            .ok_or("no seconds")?
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect(),
+        choice: json["choice"].clone(),
+        compile_seconds: json["compile_seconds"].as_f64(),
+    })
+}
+
+/// The peer's choice in words: layout and, for the BasisNet, each kind's formulation.
+fn describe(choice: &serde_json::Value) -> String {
+    let mut parts = vec![choice["layout"].as_str().unwrap_or("?").to_string()];
+    if let Some(plan) = choice["plan"].as_object() {
+        parts.extend(
+            plan.iter()
+                .map(|(kind, f)| format!("{kind} {}", f.as_str().unwrap_or("?"))),
+        );
+    }
+    parts.join(", ")
 }
 
 fn main() {
@@ -155,7 +185,7 @@ fn main() {
     config.lightweight.dropout = 0.0;
     config.specialist.dropout = 0.0;
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let (model, title) = if row.model == "mobilenet-v3-large" {
+    let (model, title) = if row.model.starts_with("mobilenet-v3-large") {
         let mut specialist = MobileNetConfig::new(Arch::MobilenetV3Large);
         specialist.dropout = 0.0;
         let net = MobileNet::new(&vs.root(), specialist, BasisSpec::fixed()).unwrap();
@@ -200,7 +230,12 @@ fn main() {
     .collect();
     checkpoint::write(&state, &tensors, &metadata).unwrap();
 
-    let theirs = pytorch(&state, &row);
+    let rounds: usize = std::env::var("BASISNET_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let first_theirs = pytorch(&state, &row, None);
     vs.set_device(row.device);
     let batch = Batch {
         images: images.to_device(row.device),
@@ -208,9 +243,6 @@ fn main() {
         labels: labels.to_device(row.device),
         targets: None,
     };
-    let (our_first, our_seconds) = ours(&model, &vs, &batch, &row);
-    let _ = std::fs::remove_dir_all(&dir);
-
     let threads = tch::get_num_threads();
     let (device, steps, precision) = (row.device, row.steps, row.precision);
     let place = if device.is_cuda() {
@@ -219,52 +251,97 @@ fn main() {
         format!("CPU, {threads} threads")
     };
     println!(
-        "\nTraining step of {title}, batch {batch_size}, {precision}, {place}, {steps} timed steps each\n"
+        "\nTraining step of {title}, batch {batch_size}, {precision}, {place}, {rounds} alternating rounds of {steps} timed steps each side\n"
     );
-    let (their_first, their_seconds, layout) = match theirs {
+    // Round 1: ours from the saved weights (the parity step), then the rounds alternate.
+    let (our_first, seconds) = ours(&model, &vs, &batch, &row);
+    let mut our_rounds = vec![seconds];
+    let theirs = match first_theirs {
         Ok(t) => t,
         Err(e) => {
-            println!(
-                "| basis-train | {:.1} images/s |\n\nPyTorch side failed: {e}",
-                batch_size as f64 / median(our_seconds)
-            );
+            println!("PyTorch side failed: {e}");
+            let _ = std::fs::remove_dir_all(&dir);
             std::process::exit(1);
         }
     };
-    let gap = (our_first - their_first).abs() / their_first.abs();
+    let gap = (our_first - theirs.first).abs() / theirs.first.abs();
     let tolerance = if device.is_cuda() { 1e-3 } else { 1e-4 };
     println!(
-        "first-step loss: ours {our_first:.6}, PyTorch {their_first:.6} (relative difference {gap:.1e}, tolerance {tolerance:.0e})"
+        "first-step loss: ours {our_first:.6}, PyTorch {:.6} (relative difference {gap:.1e}, tolerance {tolerance:.0e})",
+        theirs.first
     );
     if gap > tolerance {
         println!("parity check FAILED: the two implementations disagree; no timing reported");
+        let _ = std::fs::remove_dir_all(&dir);
         std::process::exit(1);
     }
-    let ours_rate = batch_size as f64 / median(our_seconds.clone());
-    let their_rate = batch_size as f64 / median(their_seconds.clone());
-    let peer = if row.model == "mobilenet-v3-large" {
-        "PyTorch eager (torchvision)"
-    } else {
-        "PyTorch eager (CondConv-style)"
+    let choice = theirs.choice.clone();
+    let compile_seconds = theirs.compile_seconds;
+    let mut their_rounds = vec![theirs.seconds];
+    for _ in 1..rounds {
+        match pytorch(&state, &row, Some(&choice)) {
+            Ok(t) => their_rounds.push(t.seconds),
+            Err(e) => {
+                println!("PyTorch side failed: {e}");
+                let _ = std::fs::remove_dir_all(&dir);
+                std::process::exit(1);
+            }
+        }
+        our_rounds.push(ours(&model, &vs, &batch, &row).1);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let rate = |s: &Vec<f64>| batch_size as f64 / median(s.clone());
+    let ours_rates: Vec<f64> = our_rounds.iter().map(rate).collect();
+    let their_rates: Vec<f64> = their_rounds.iter().map(rate).collect();
+    let ratios: Vec<f64> = ours_rates
+        .iter()
+        .zip(&their_rates)
+        .map(|(o, t)| o / t)
+        .collect();
+    let (ours_rate, their_rate) = (median(ours_rates.clone()), median(their_rates.clone()));
+    let ratio = median(ratios.clone());
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
+            (lo.min(r), hi.max(r))
+        });
+    let peer = match row.model.as_str() {
+        "mobilenet-v3-large" => "PyTorch eager (torchvision)",
+        "mobilenet-v3-large-compiled" => "torch.compile (torchvision)",
+        _ => "the fastest PyTorch BasisNet",
     };
-    println!("\n| implementation | median step (s) | images/s |");
+    let compiled = compile_seconds
+        .map(|s| format!(", first step with compiling {s:.0} s"))
+        .unwrap_or_default();
+    println!("\n| implementation | images/s per round | median images/s |");
     println!("|---|---|---|");
+    let list = |r: &[f64]| {
+        r.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "| basis-train (Rust, tch) | {:.3} | {ours_rate:.1} |",
-        median(our_seconds)
+        "| basis-train (Rust, tch) | {} | {ours_rate:.1} |",
+        list(&ours_rates)
     );
     println!(
-        "| {peer}, {layout} | {:.3} | {their_rate:.1} |",
-        median(their_seconds)
+        "| {peer} ({}{compiled}) | {} | {their_rate:.1} |",
+        describe(&choice),
+        list(&their_rates)
     );
-    println!("\nratio ours / PyTorch: {:.2}x", ours_rate / their_rate);
+    println!(
+        "\nratio ours / PyTorch: {ratio:.2}x (median of {rounds} rounds, range {lo:.2}-{hi:.2}x)"
+    );
+    let model_name = row.model.trim_end_matches("-compiled");
     record_row(
         &format!(
-            "training step, {}, batch {batch_size}, {precision}, {} (vs {peer})",
-            row.model,
+            "training step, {model_name}, batch {batch_size}, {precision}, {} (vs {peer})",
             if device.is_cuda() { "cuda" } else { "cpu" }
         ),
         ours_rate,
         their_rate,
+        &ratios,
     );
 }

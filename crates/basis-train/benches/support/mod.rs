@@ -32,15 +32,23 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Append one comparison row to the file `cargo xtask bench` collects
-/// (`BASISNET_BENCH_ROWS`), when it is set.
-pub fn record_row(name: &str, ours: f64, pytorch: f64) {
+/// (`BASISNET_BENCH_ROWS`), when it is set. `ratios` are the per-round ratios ours /
+/// PyTorch (the row's ratio is their median), or empty for a single measurement.
+pub fn record_row(name: &str, ours: f64, pytorch: f64, ratios: &[f64]) {
     let Some(path) = std::env::var_os("BASISNET_BENCH_ROWS") else {
         return;
+    };
+    let ratio = if ratios.is_empty() {
+        ours / pytorch
+    } else {
+        median(ratios.to_vec())
     };
     let row = serde_json::json!({
         "name": name,
         "ours_images_per_s": ours,
         "pytorch_images_per_s": pytorch,
+        "ratio": ratio,
+        "extra": { "ratios": ratios },
     });
     let mut file = std::fs::OpenOptions::new()
         .create(true)

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 /// A prepared dataset folder, or a panic that says how to prepare it.
+#[allow(dead_code)]
 pub fn prepared(name: &str) -> PathBuf {
     let dir = basis_train::data::default_data_root().join(name);
     assert!(
