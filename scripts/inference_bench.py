@@ -200,7 +200,7 @@ def main():
     if model_name == "BasisnetMv3Exit":
         with torch.inference_mode():
             specialist_images = model.early_exit(images.float(), threshold)[1]
-    elif model_name == "BasisnetMv3":
+    elif model_name.startswith("BasisnetMv3"):
         specialist_images = batch
     print(
         json.dumps(
