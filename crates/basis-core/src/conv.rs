@@ -107,6 +107,17 @@ impl BasisConv2d {
         coefficients: &Tensor,
         strategy: Strategy,
     ) -> Result<Tensor> {
+        self.apply(input, coefficients, strategy, None)
+    }
+
+    /// Check the arguments and run `strategy`, with `affine` folded in when given.
+    fn apply(
+        &self,
+        input: &Tensor,
+        coefficients: &Tensor,
+        strategy: Strategy,
+        affine: Option<layer::Affine>,
+    ) -> Result<Tensor> {
         let batch = self.check_input(input)?;
         let alpha = self.bank.coefficients(coefficients, batch)?;
         layer::apply(
@@ -116,7 +127,7 @@ impl BasisConv2d {
             self.bank.bias_bank().as_ref(),
             &self.geometry,
             strategy,
-            None,
+            affine,
         )
     }
 
@@ -148,17 +159,8 @@ impl BasisConv2d {
         shift: &Tensor,
     ) -> Result<Tensor> {
         self.check_affine(scale, shift)?;
-        let batch = self.check_input(input)?;
-        let alpha = self.bank.coefficients(coefficients, batch)?;
-        layer::apply(
-            input,
-            &alpha,
-            &self.bank.weight_bank(),
-            self.bank.bias_bank().as_ref(),
-            &self.geometry,
-            self.bank.strategy(),
-            Some(layer::Affine { scale, shift }),
-        )
+        let affine = layer::Affine { scale, shift };
+        self.apply(input, coefficients, self.bank.strategy(), Some(affine))
     }
 
     fn check_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<()> {
