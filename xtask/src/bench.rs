@@ -162,6 +162,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 .envs(env.iter().copied())
                 .stderr(std::process::Stdio::inherit());
             torch.apply_env(&mut cmd);
+            same_allocator(&mut cmd);
             let output = cmd
                 .output()
                 .with_context(|| format!("could not start cargo bench -p {package}"))?;
@@ -218,11 +219,25 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     write_report(&out, &rows, &sections)
 }
 
+/// Both sides of every comparison run with glibc keeping freed blocks of up to 1 GiB in
+/// the process (`basis_core::allocator`, which `basisnet` applies itself; PyTorch's CPU
+/// performance guide recommends an allocator change too): without it each batch faults
+/// its tensors' memory in again, a third of a batch's time on either side.
+pub(crate) const ALLOCATOR_ENV: [(&str, &str); 2] = [
+    ("MALLOC_MMAP_THRESHOLD_", "1073741824"),
+    ("MALLOC_TRIM_THRESHOLD_", "1073741824"),
+];
+
+/// `cmd` with [`ALLOCATOR_ENV`].
+pub(crate) fn same_allocator(cmd: &mut Command) -> &mut Command {
+    cmd.envs(ALLOCATOR_ENV)
+}
+
 /// `basisnet benchmark --profile` of basisnet-mv3 at batch 32 on the CPU: its table.
 fn profile(binary: &Path, precision: &str) -> Result<String> {
     let threads = std::env::var("BASISNET_BENCH_THREADS").unwrap_or_else(|_| "2".into());
     eprintln!("bench: profile of basisnet-mv3, batch 32, {precision}");
-    let out = Command::new(binary)
+    let out = same_allocator(&mut Command::new(binary))
         .args(["benchmark", "--model", "basisnet-mv3", "--batch", "32"])
         .args(["--precision", precision, "--device", "cpu", "--iters", "5"])
         .arg("--profile")

@@ -27,6 +27,8 @@ for d in "$(dirname "$TORCH")"/nvidia/*/lib; do
 done
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export BASISNET_SCRIPTS="$KIT/scripts"
+# Both sides keep freed blocks in the process, as `cargo xtask bench` runs them.
+export MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824
 
 section() { printf '\n## %s\n\n' "$1" >>"$REPORT"; }
 left() {

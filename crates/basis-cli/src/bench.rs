@@ -2,7 +2,9 @@
 //! device, as `cargo xtask bench` runs it side by side with `scripts/inference_bench.py`.
 
 use anyhow::{bail, Context, Result};
-use basis_models::{checkpoint, presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
+use basis_models::{
+    checkpoint, presets, Arch, BasisNet, BasisSpec, Layout, MobileNet, MobileNetConfig,
+};
 use basis_train::DeviceChoice;
 use clap::{Args, ValueEnum};
 use serde_json::json;
@@ -20,6 +22,29 @@ pub enum BenchModel {
     /// `basisnet-mv3` with early exit: the threshold lets `--exit-rate` of the batch stop
     /// after the lightweight stage.
     BasisnetMv3Exit,
+}
+
+/// Memory layout of the activations of the static network or the specialist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// The model's rule (`Layout::Auto`): `channels_last` when one kernel serves the
+    /// whole batch, contiguous for per-sample kernels.
+    Auto,
+    /// Always `channels_last` (NHWC in memory).
+    ChannelsLast,
+    /// Always contiguous NCHW (per-sample depthwise layers then run as grouped
+    /// convolutions over the batch).
+    Contiguous,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(layout: LayoutArg) -> Self {
+        match layout {
+            LayoutArg::Auto => Layout::Auto,
+            LayoutArg::ChannelsLast => Layout::ChannelsLast,
+            LayoutArg::Contiguous => Layout::Contiguous,
+        }
+    }
 }
 
 /// Arithmetic precision of weights and activations.
@@ -48,6 +73,9 @@ pub struct BenchArgs {
     /// Where to run: auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Memory layout of the static network's or the specialist's activations.
+    #[arg(long, value_enum, default_value = "auto")]
+    layout: LayoutArg,
     /// Timed batches (after the warm-up).
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -163,16 +191,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let (net, params, madds) = match args.model {
         BenchModel::MobilenetV3Large => {
-            let net = MobileNet::new(
+            let mut net = MobileNet::new(
                 &vs.root(),
                 MobileNetConfig::new(Arch::MobilenetV3Large),
                 BasisSpec::fixed(),
             )?;
+            net.set_layout(args.layout.into());
             let p = net.profile(224)?.total;
             (Net::Static(net), p.params, p.madds as f64)
         }
         BenchModel::BasisnetMv3 | BenchModel::BasisnetMv3Exit => {
-            let net = BasisNet::new(&vs.root(), presets::get("basisnet-mv3")?)?;
+            let mut net = BasisNet::new(&vs.root(), presets::get("basisnet-mv3")?)?;
+            net.specialist_mut().set_layout(args.layout.into());
             let (params, madds) = (net.profile().params, net.profile().total_madds() as f64);
             (Net::Basis(Box::new(net), None), params, madds)
         }

@@ -34,6 +34,7 @@
 //! # Ok::<(), basis_core::BasisError>(())
 //! ```
 
+pub mod allocator;
 mod bank;
 mod coefficients;
 mod conv;

@@ -124,6 +124,7 @@ pub(super) fn inference(
                         .args(["--device", device, "--batch", &batch.to_string()])
                         .args(["--precision", precision, "--iters", &iters.to_string()])
                         .env("OMP_NUM_THREADS", &threads);
+                    super::same_allocator(&mut cmd);
                     if save {
                         cmd.arg("--save-state").arg(&state);
                     }
@@ -146,6 +147,7 @@ pub(super) fn inference(
                         py.arg(choice.to_string());
                     }
                     torch.apply_env(&mut py);
+                    super::same_allocator(&mut py);
                     json_of(
                         &mut py,
                         &format!(
