@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod support;
-use support::{median, python, record_row};
+use support::{listed, median, python, record_row};
 
 const EPOCHS: usize = 5;
 
@@ -84,22 +84,16 @@ fn main() {
     println!("\nPipeline: {images} images an epoch at 224 px (random resized crop, flip, normalize), {workers} workers, batch 32\n");
     println!("| pipeline | images/s (median of {EPOCHS} epochs) | each epoch |");
     println!("|---|---|---|");
-    let fmt = |v: &[f64]| {
-        v.iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!(
         "| basis-train Loader | {:.0} | {} |",
         median(ours.clone()),
-        fmt(&ours)
+        listed(&ours, 0)
     );
     if let Some(t) = theirs {
         println!(
             "| torchvision ImageFolder + DataLoader | {:.0} | {} |",
             median(t.clone()),
-            fmt(&t)
+            listed(&t, 0)
         );
         let (o, t) = (median(ours), median(t));
         println!("\nratio ours / torchvision: {:.2}x", o / t);

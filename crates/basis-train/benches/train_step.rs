@@ -35,7 +35,7 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 mod support;
-use support::{median, python, record_row};
+use support::{listed, median, python, record_row};
 
 /// The row to measure, from the environment.
 struct Row {
@@ -316,20 +316,14 @@ fn main() {
         .unwrap_or_default();
     println!("\n| implementation | images/s per round | median images/s |");
     println!("|---|---|---|");
-    let list = |r: &[f64]| {
-        r.iter()
-            .map(|x| format!("{x:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     println!(
         "| basis-train (Rust, tch) | {} | {ours_rate:.1} |",
-        list(&ours_rates)
+        listed(&ours_rates, 1)
     );
     println!(
         "| {peer} ({}{compiled}) | {} | {their_rate:.1} |",
         describe(&choice),
-        list(&their_rates)
+        listed(&their_rates, 1)
     );
     println!(
         "\nratio ours / PyTorch: {ratio:.2}x (median of {rounds} rounds, range {lo:.2}-{hi:.2}x)"

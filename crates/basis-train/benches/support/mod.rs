@@ -31,6 +31,15 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `values` as a table cell: each with `decimals` digits, comma-separated.
+pub fn listed(values: &[f64], decimals: usize) -> String {
+    values
+        .iter()
+        .map(|v| format!("{v:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Append one comparison row to the file `cargo xtask bench` collects
 /// (`BASISNET_BENCH_ROWS`), when it is set. `ratios` are the per-round ratios ours /
 /// PyTorch (the row's ratio is their median), or empty for a single measurement.
