@@ -69,7 +69,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let root = util::workspace_root();
     let scripts = args.scripts.clone().unwrap_or_else(|| root.join("scripts"));
     if let Some(binary) = &args.binary {
-        let torch = setup::Torch { python_path: None };
+        let torch = setup::Torch {
+            python_path: None,
+            tools: None,
+        };
         let out = args.out.clone().unwrap_or_else(|| PathBuf::from("bench"));
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
         let (table, rows) = inference::inference(&scripts, binary, &torch, args, &out)?;

@@ -16,6 +16,7 @@ mod c10d;
 mod data;
 mod docs;
 mod gpu_kit;
+mod python_tools;
 mod repro;
 mod setup;
 mod test;

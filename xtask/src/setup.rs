@@ -34,26 +34,38 @@ pub struct SetupArgs {
 pub struct Torch {
     /// A site folder holding `torch`, `torchvision`, ... for Python scripts, when known.
     pub python_path: Option<PathBuf>,
+    /// The folder holding timm and ONNX Runtime ([`crate::python_tools`]).
+    pub tools: Option<PathBuf>,
 }
 
 impl Torch {
     /// Make `cmd` see the Python packages the parity scripts import.
     pub fn apply_env(&self, cmd: &mut Command) {
-        if let Some(site) = &self.python_path {
-            let mut paths = vec![site.clone()];
-            if let Some(old) = std::env::var_os("PYTHONPATH") {
-                paths.extend(std::env::split_paths(&old));
-            }
-            if let Ok(joined) = std::env::join_paths(paths) {
-                cmd.env("PYTHONPATH", joined);
-            }
+        let mut paths: Vec<PathBuf> = self
+            .python_path
+            .iter()
+            .chain(&self.tools)
+            .cloned()
+            .collect();
+        if paths.is_empty() {
+            return;
+        }
+        if let Some(old) = std::env::var_os("PYTHONPATH") {
+            paths.extend(std::env::split_paths(&old));
+        }
+        if let Ok(joined) = std::env::join_paths(paths) {
+            cmd.env("PYTHONPATH", joined);
         }
     }
 }
 
 pub fn run(args: &SetupArgs) -> Result<Torch> {
-    let torch = libtorch(args)?;
+    let mut torch = libtorch(args)?;
     let root = util::workspace_root();
+    torch.tools = Some(crate::python_tools::ensure(
+        &cache_root()?,
+        &root.join(".python-tools"),
+    )?);
     let lib = std::fs::canonicalize(root.join(".libtorch/lib"))
         .or_else(|_| std::fs::canonicalize(user_libtorch(&root).unwrap_or_default().join("lib")))
         .unwrap_or_default();
@@ -79,7 +91,10 @@ fn libtorch(args: &SetupArgs) -> Result<Torch> {
             );
         }
         eprintln!("setup: using python3's torch {version} (LIBTORCH_USE_PYTORCH is set)");
-        return Ok(Torch { python_path: None });
+        return Ok(Torch {
+            python_path: None,
+            tools: None,
+        });
     }
     if let Some(user) = user_libtorch(&root) {
         if !user.join("lib").join("libtorch_cpu.so").exists() {
@@ -90,7 +105,10 @@ fn libtorch(args: &SetupArgs) -> Result<Torch> {
             );
         }
         eprintln!("setup: using LIBTORCH={}", user.display());
-        return Ok(Torch { python_path: None });
+        return Ok(Torch {
+            python_path: None,
+            tools: None,
+        });
     }
 
     let dir = cache_dir()?;
@@ -104,6 +122,7 @@ fn libtorch(args: &SetupArgs) -> Result<Torch> {
     );
     Ok(Torch {
         python_path: Some(dir),
+        tools: None,
     })
 }
 

@@ -144,6 +144,11 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if let Some(note) = run.resume_note() {
         eprintln!("note: {note}");
     }
+    if run.is_main() {
+        for line in run.notes() {
+            eprintln!("{line}");
+        }
+    }
     let log_every = run.recipe().train.log_every;
     run.observe(Box::new(Terminal::new(log_every)));
     let summary = run.train()?;

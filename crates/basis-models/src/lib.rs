@@ -22,6 +22,7 @@ mod lightweight;
 mod mobilenet;
 mod names;
 pub mod presets;
+pub mod pretrained;
 mod profile;
 mod specialize;
 mod walk;

@@ -3,45 +3,17 @@
 //! load here and give the same logits within 1e-4; weights saved here load into
 //! torchvision (strict) and give the same logits.
 
+mod common;
+
 use basis_models::{checkpoint, Arch, BasisSpec, Layout, MobileNet, MobileNetConfig};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use tch::{nn, Device, Kind, Tensor};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `python3 scripts/torchvision_parity.py MODE DIR` with the setup's site folder first on
-/// `PYTHONPATH` (the folder above libtorch's `torch/`).
+/// `python3 scripts/torchvision_parity.py MODE DIR`.
 fn python(mode: &str, dir: &Path) -> String {
-    let libtorch = std::env::var_os("LIBTORCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join(".libtorch"));
-    let site = std::fs::canonicalize(&libtorch)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .expect("libtorch's folder: run `cargo xtask setup`");
-    let mut paths = vec![site];
-    if let Some(old) = std::env::var_os("PYTHONPATH") {
-        paths.extend(std::env::split_paths(&old));
-    }
-    let out = Command::new("python3")
-        .arg(workspace().join("scripts/torchvision_parity.py"))
-        .arg(mode)
-        .arg(dir)
-        .env("PYTHONPATH", std::env::join_paths(paths).unwrap())
-        .output()
-        .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "torchvision_parity.py {mode} failed (torchvision comes with `cargo xtask setup`):\n{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    common::python("torchvision_parity.py", &[mode.as_ref(), dir.as_os_str()])
 }
 
 /// `arch-width-classes-resolution`.

@@ -32,6 +32,7 @@ pub mod device;
 pub mod distributed;
 pub mod error;
 pub mod evaluation;
+pub mod init;
 pub mod loaders;
 pub mod loss;
 pub mod metrics;

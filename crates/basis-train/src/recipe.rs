@@ -219,6 +219,15 @@ impl Recipe {
             config.specialist.dropout = p;
             config.lightweight.dropout = p;
         }
+        if let Some(eps) = self.model.batch_norm_eps {
+            if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+                return Err(RecipeError::Invalid(format!(
+                    "model.batch_norm_eps must be in (0, 1), found {eps}"
+                )));
+            }
+            config.specialist.batch_norm.eps = eps;
+            config.lightweight.batch_norm.eps = eps;
+        }
         if self.model.baseline && self.model.baseline_of == Stage::Lightweight {
             config.specialist = config.lightweight;
             config.resolution = config.lightweight_resolution;
@@ -320,6 +329,19 @@ impl Recipe {
         if let Some(t) = &self.loss.teacher {
             if !t.exists() {
                 return bad(format!("loss.teacher {} does not exist", t.display()));
+            }
+        }
+        let m = &self.model;
+        for (key, path) in [
+            ("init", &m.init),
+            ("light_init", &m.light_init),
+            ("specialist_init", &m.specialist_init),
+        ] {
+            if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
+                return bad(format!(
+                    "model.{key} must be a safetensors file of pretrained weights, {} is not a file",
+                    p.display()
+                ));
             }
         }
         let d = &self.distributed;

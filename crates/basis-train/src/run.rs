@@ -12,6 +12,7 @@ use crate::device::DeviceChoice;
 use crate::distributed::DataParallel;
 use crate::error::TrainError;
 use crate::evaluation::{evaluate, Evaluation};
+use crate::init::Initialization;
 use crate::loaders::{eval_loader, train_loader};
 use crate::model::Model;
 use crate::optim::{Ema, Optimizer};
@@ -49,6 +50,8 @@ pub struct Run {
     lock: Option<RunLock>,
     /// Why the run resumed from an `epoch-K` checkpoint rather than `last`, when it did.
     resume_note: Option<String>,
+    /// What the start from pretrained weights changed or left out, one line each.
+    notes: Vec<String>,
 }
 
 /// What a finished run reports.
@@ -105,8 +108,13 @@ impl Run {
         if main {
             check_new_folder(dir)?;
         }
-        // Model, data and loaders first: a refused recipe or dataset leaves nothing behind.
-        let mut run = Self::build(recipe, run_dir, group)?;
+        // Pretrained weights, model, data and loaders first: a refused recipe, weight file
+        // or dataset leaves nothing behind.
+        let init = Initialization::read(&recipe)?;
+        let mut recipe = recipe;
+        let notes = init.resolve(&mut recipe)?;
+        let mut run = Self::build(recipe, run_dir, group, Some(&init))?;
+        run.notes.splice(0..0, notes);
         if main {
             std::fs::create_dir_all(dir).map_err(TrainError::io(dir))?;
             run.lock = Some(run.dir.lock()?);
@@ -151,7 +159,7 @@ impl Run {
             None
         };
         let (from, state, files, passed_over) = run_dir.newest_complete()?;
-        let mut run = Self::build(recipe, run_dir, group)?;
+        let mut run = Self::build(recipe, run_dir, group, None)?;
         run.lock = lock;
         run.resume_note =
             passed_over.map(|why| format!("{why}; resuming from the {from} checkpoint instead"));
@@ -177,6 +185,13 @@ impl Run {
     /// was incomplete or damaged), when it does.
     pub fn resume_note(&self) -> Option<&str> {
         self.resume_note.as_deref()
+    }
+
+    /// What a new run's start from pretrained weights changed or left out, one line each
+    /// beginning with `note:` or `warning:` (`model.batch_norm_eps` recorded, a classifier
+    /// layer started new).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Report progress to `observer` (the default reports nothing).
@@ -205,10 +220,12 @@ impl Run {
         &self.dir
     }
 
+    /// The run's parts; a new run's model starts from `init`'s weights.
     fn build(
         recipe: Recipe,
         dir: RunDir,
         group: Option<Arc<ProcessGroup>>,
+        init: Option<&Initialization>,
     ) -> Result<Self, TrainError> {
         let device = recipe
             .train
@@ -222,6 +239,10 @@ impl Run {
         let resolution = recipe.basisnet()?.resolution;
         let vs = nn::VarStore::new(device);
         let model = Model::build(&vs.root(), &recipe)?;
+        let notes = match init {
+            Some(init) => init.apply(&model, &recipe)?,
+            None => Vec::new(),
+        };
         let ema = match recipe.train.ema_decay {
             Some(decay) => {
                 let ema_vs = nn::VarStore::new(device);
@@ -277,6 +298,7 @@ impl Run {
             device,
             lock: None,
             resume_note: None,
+            notes,
         })
     }
 

@@ -32,6 +32,20 @@ pub struct ModelSection {
     /// Which stage's backbone a baseline trains: the specialist's (default) or the
     /// lightweight model's, alone at its own resolution.
     pub baseline_of: Stage,
+    /// Pretrained weights to start from: a safetensors state dict with torchvision's or
+    /// timm's MobileNet names, for both stages (or the static network of a baseline). The
+    /// lightweight model takes it as it is (its coefficient head starts new), every basis
+    /// of the specialist takes it plus `basis_noise` (0 when absent). The last classifier
+    /// layer starts new, with a warning, when its class count differs.
+    pub init: Option<PathBuf>,
+    /// The lightweight model's pretrained weights, when they differ from `init`.
+    pub light_init: Option<PathBuf>,
+    /// The specialist's pretrained weights, when they differ from `init`.
+    pub specialist_init: Option<PathBuf>,
+    /// Batch-norm eps of both stages (the architecture's when absent). A run that starts
+    /// from pretrained weights records the eps they were trained with here (timm's
+    /// MobileNetV3 use 1e-5, torchvision's 1e-3).
+    pub batch_norm_eps: Option<f64>,
 }
 
 /// A stage of a BasisNet.
@@ -57,6 +71,10 @@ impl Default for ModelSection {
             stem_stride: None,
             dropout: None,
             baseline_of: Stage::Specialist,
+            init: None,
+            light_init: None,
+            specialist_init: None,
+            batch_norm_eps: None,
         }
     }
 }

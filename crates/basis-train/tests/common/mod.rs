@@ -37,8 +37,9 @@ pub fn python_site() -> PathBuf {
         .expect("libtorch's folder: run `cargo xtask setup`")
 }
 
-/// Run `python3 args...` with the PyTorch `cargo xtask setup` installed on `PYTHONPATH`;
-/// panics with Python's standard error if it fails.
+/// Run `python3 args...` with the PyTorch and the Python tools (timm, ONNX Runtime) that
+/// `cargo xtask setup` installed on `PYTHONPATH`; panics with Python's standard error if it
+/// fails.
 #[allow(dead_code)]
 pub fn python<I, S>(args: I)
 where
@@ -47,7 +48,14 @@ where
 {
     let out = std::process::Command::new("python3")
         .args(args)
-        .env("PYTHONPATH", python_site())
+        .env(
+            "PYTHONPATH",
+            std::env::join_paths([
+                python_site(),
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.python-tools"),
+            ])
+            .unwrap(),
+        )
         .output()
         .expect("python3 on PATH");
     assert!(
