@@ -21,6 +21,7 @@ mod layers;
 mod lightweight;
 mod mobilenet;
 mod names;
+pub mod onnx;
 pub mod presets;
 pub mod pretrained;
 mod profile;

@@ -15,9 +15,9 @@ use tch::{nn, Tensor};
 #[derive(Debug)]
 pub struct Lightweight {
     backbone: MobileNet,
-    head: BasisLinear,
-    num_bases: i64,
-    vectors: usize,
+    pub(crate) head: BasisLinear,
+    pub(crate) num_bases: i64,
+    pub(crate) vectors: usize,
     temperature: f64,
 }
 

@@ -60,6 +60,8 @@ pub(crate) struct Step<'a> {
     pub(crate) role: String,
     pub(crate) kind: LayerKind,
     pub(crate) unit: Unit<'a>,
+    /// A projection whose block adds its input to its output (the residual).
+    pub(crate) adds_input: bool,
 }
 
 /// A convolution or linear layer: its module path, bases and coefficient vector.
@@ -165,7 +167,12 @@ impl MobileNet {
 
     /// Every layer in forward order.
     pub(crate) fn walk(&self) -> Vec<Step<'_>> {
-        let step = |role: String, kind, unit| Step { role, kind, unit };
+        let step = |role: String, kind, unit| Step {
+            role,
+            kind,
+            unit,
+            adds_input: false,
+        };
         let mut out = Vec::new();
         for feature in &self.features {
             match feature {
@@ -194,7 +201,10 @@ impl MobileNet {
                         }
                     }
                     let role = format!("{}.project", b.name);
-                    out.push(step(role, LayerKind::Project, Unit::ConvBnAct(&b.project)));
+                    out.push(Step {
+                        adds_input: b.residual,
+                        ..step(role, LayerKind::Project, Unit::ConvBnAct(&b.project))
+                    });
                 }
             }
         }

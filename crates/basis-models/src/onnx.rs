@@ -1,0 +1,479 @@
+//! ONNX export with a dynamic batch: [`MobileNet::to_onnx`] (a static network, or a
+//! specialist taking its coefficients as an input), [`Lightweight::to_onnx`] (logits and
+//! coefficients) and [`BasisNet::to_onnx`] (both graphs).
+//!
+//! The exporter walks the network with the same traversal as the profile and
+//! `specialize`. Batch norm is folded into the convolutions (evaluation). CondConv-style
+//! exports freeze the batch into a grouped convolution's group count (onnx/onnx#3843); here
+//! every per-sample layer is written with batch-independent operators:
+//!
+//! | layer | graph |
+//! |---|---|
+//! | static convolution, linear | `Conv`, `Gemm` |
+//! | basis 1x1 convolution | each sample's kernel `alpha @ bank` (`MatMul`), applied by a batched `MatMul` |
+//! | basis k x k or depthwise convolution | one `Conv` with the `N` kernels of every channel side by side, its outputs mixed by the coefficients (`Mul`, `ReduceSum`) |
+//! | basis linear (classifier, squeeze-excite) | the `N` outputs mixed by the coefficients |
+//!
+//! Graphs are fp32, opset [`MIN_OPSET`] or newer (`HardSwish` needs 14, `ReduceSum` with an
+//! axes input 13), at a fixed resolution with the batch dimension named `batch`.
+
+mod graph;
+pub mod proto;
+
+use crate::arch::Act;
+use crate::basisnet::BasisNet;
+use crate::error::{ModelError, Result};
+use crate::layers::ConvBnAct;
+use crate::lightweight::Lightweight;
+use crate::mobilenet::MobileNet;
+use crate::walk::{LayerKind, Step, Unit};
+use graph::{Attr, Graph};
+use prost::Message;
+use proto::{ModelProto, OperatorSetIdProto, StringStringEntryProto};
+use std::collections::BTreeMap;
+use tch::Tensor;
+
+/// The oldest opset the graphs use operators of.
+pub const MIN_OPSET: i64 = 17;
+/// The newest opset offered (ONNX 1.18's; ONNX Runtime 1.22 and newer run it).
+pub const MAX_OPSET: i64 = 23;
+
+/// Check an opset asked for.
+fn check_opset(opset: i64) -> Result<()> {
+    if (MIN_OPSET..=MAX_OPSET).contains(&opset) {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!(
+            "ONNX export writes opset {MIN_OPSET} to {MAX_OPSET} (HardSwish and ReduceSum with an axes input need {MIN_OPSET}), found opset {opset}"
+        )))
+    }
+}
+
+/// A serialized `ModelProto` around `graph` with `metadata`.
+fn model_bytes(
+    graph: Graph,
+    name: &str,
+    opset: i64,
+    metadata: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    ModelProto {
+        // IR version 8 came with opset 17 and is read by every runtime that runs it.
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        producer_name: Some("basisnet-rs".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        graph: Some(graph.finish(name)),
+        metadata_props: metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
+            .collect(),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Emits one network's layers into a graph.
+struct Emitter<'g> {
+    g: &'g mut Graph,
+    /// The graph input `[batch, vectors, N]` of a specialist.
+    coefficients: Option<String>,
+    /// Coefficient vector `v` as `[batch, N]`, gathered once.
+    vectors: BTreeMap<usize, String>,
+}
+
+impl Emitter<'_> {
+    /// Coefficient vector `v` of the batch, `[batch, N]`.
+    fn alpha(&mut self, scope: &str, v: usize) -> Result<String> {
+        if let Some(a) = self.vectors.get(&v) {
+            return Ok(a.clone());
+        }
+        let all = self.coefficients.clone().ok_or_else(|| {
+            ModelError::Config(format!(
+                "{scope} is a basis layer, but the graph has no coefficients input"
+            ))
+        })?;
+        let index = self.g.int_scalar(scope, v as i64);
+        let a = self.g.op(
+            "Gather",
+            scope,
+            &[&all, &index],
+            vec![("axis", Attr::Int(1))],
+        );
+        self.vectors.insert(v, a.clone());
+        Ok(a)
+    }
+
+    /// `x * alpha`, summed over the bases: `y` is `[batch, ..., N, ...]` with the bases on
+    /// axis `axis`, `shape` reshapes `alpha` `[batch, N]` to broadcast there.
+    fn mix(&mut self, scope: &str, y: &str, alpha: &str, shape: &[i64], axis: i64) -> String {
+        let shape = self.g.ints(scope, shape);
+        let a = self.g.op("Reshape", scope, &[alpha, &shape], Vec::new());
+        let weighted = self.g.op("Mul", scope, &[y, &a], Vec::new());
+        let axes = self.g.ints(scope, &[axis]);
+        self.g.op(
+            "ReduceSum",
+            scope,
+            &[&weighted, &axes],
+            vec![("keepdims", Attr::Int(0))],
+        )
+    }
+
+    /// A convolution with its batch norm folded in (the scale per output channel into the
+    /// kernels, the shift as the bias), on `x` of side `hw`; activation not included.
+    /// Returns the output and its side.
+    fn conv(
+        &mut self,
+        scope: &str,
+        x: &str,
+        hw: (i64, i64),
+        layer: &ConvBnAct,
+    ) -> Result<(String, (i64, i64))> {
+        let geometry = layer.conv.conv.geometry();
+        let bank = layer.conv.conv.bank();
+        let vector = layer.conv.vector;
+        let (scale, shift) = layer.bn.inference_affine()?;
+        let (oh, ow) = geometry.output_hw(hw.0, hw.1)?;
+        let (n, cout) = (bank.num_bases(), geometry.out_channels);
+        let kernels = bank
+            .weight_bank()
+            .f_mul(&scale.f_reshape([1, cout, 1, 1, 1])?)?;
+        let shift_name = self.g.weight(scope, &shift.f_reshape([1, cout, 1, 1])?)?;
+        let attrs = || {
+            vec![
+                ("kernel_shape", Attr::Ints(geometry.kernel_size.to_vec())),
+                ("strides", Attr::Ints(geometry.stride.to_vec())),
+                ("dilations", Attr::Ints(geometry.dilation.to_vec())),
+                ("group", Attr::Int(geometry.groups)),
+                (
+                    "pads",
+                    Attr::Ints([geometry.padding, geometry.padding].concat()),
+                ),
+            ]
+        };
+        let pointwise = geometry.kernel_size == [1, 1]
+            && geometry.stride == [1, 1]
+            && geometry.padding == [0, 0]
+            && geometry.groups == 1;
+        let y = match vector {
+            None => {
+                let w = self.g.weight(scope, &kernels.f_select(0, 0)?)?;
+                let b = self.g.weight(scope, &shift)?;
+                self.g.op("Conv", scope, &[x, &w, &b], attrs())
+            }
+            Some(v) if pointwise => {
+                // Each sample's kernel [cout, cin] = alpha @ bank, applied by MatMul.
+                let alpha = self.alpha(scope, v)?;
+                let cin = geometry.in_channels;
+                let bank = self.g.weight(scope, &kernels.f_reshape([n, cout * cin])?)?;
+                let flat = self.g.op("MatMul", scope, &[&alpha, &bank], Vec::new());
+                let shape = self.g.ints(scope, &[-1, cout, cin]);
+                let w = self.g.op("Reshape", scope, &[&flat, &shape], Vec::new());
+                let shape = self.g.ints(scope, &[0, cin, hw.0 * hw.1]);
+                let cols = self.g.op("Reshape", scope, &[x, &shape], Vec::new());
+                let y = self.g.op("MatMul", scope, &[&w, &cols], Vec::new());
+                let shape = self.g.ints(scope, &[0, cout, oh, ow]);
+                let y = self.g.op("Reshape", scope, &[&y, &shape], Vec::new());
+                self.g.op("Add", scope, &[&y, &shift_name], Vec::new())
+            }
+            Some(v) => {
+                // The N kernels of every output channel side by side (channel-major, so a
+                // grouped convolution keeps each channel's kernels in its group), their
+                // outputs mixed by each sample's coefficients.
+                let alpha = self.alpha(scope, v)?;
+                let [_, cin_g, kh, kw] = geometry.weight_shape();
+                let side_by_side =
+                    kernels
+                        .f_transpose(0, 1)?
+                        .f_reshape([cout * n, cin_g, kh, kw])?;
+                let w = self.g.weight(scope, &side_by_side)?;
+                let y = self.g.op("Conv", scope, &[x, &w], attrs());
+                let shape = self.g.ints(scope, &[0, cout, n, oh, ow]);
+                let y = self.g.op("Reshape", scope, &[&y, &shape], Vec::new());
+                let y = self.mix(scope, &y, &alpha, &[0, 1, n, 1, 1], 2);
+                self.g.op("Add", scope, &[&y, &shift_name], Vec::new())
+            }
+        };
+        Ok((y, (oh, ow)))
+    }
+
+    /// A linear layer on `[batch, in]`: `kernels` `[N, out, in]`, `biases` `[N, out]`.
+    fn linear(
+        &mut self,
+        scope: &str,
+        x: &str,
+        kernels: &Tensor,
+        biases: &Tensor,
+        vector: Option<usize>,
+    ) -> Result<String> {
+        let size = kernels.size();
+        let (n, out) = (size[0], size[1]);
+        Ok(match vector {
+            None => {
+                let w = self.g.weight(scope, &kernels.f_select(0, 0)?)?;
+                let b = self.g.weight(scope, &biases.f_select(0, 0)?)?;
+                self.g
+                    .op("Gemm", scope, &[x, &w, &b], vec![("transB", Attr::Int(1))])
+            }
+            Some(v) => {
+                let alpha = self.alpha(scope, v)?;
+                // [in, N * out]: every basis's outputs at once, then mixed.
+                let w = self.g.weight(
+                    scope,
+                    &kernels
+                        .f_permute([2, 0, 1])?
+                        .f_reshape([size[2], n * out])?,
+                )?;
+                let y = self.g.op("MatMul", scope, &[x, &w], Vec::new());
+                let shape = self.g.ints(scope, &[0, n, out]);
+                let y = self.g.op("Reshape", scope, &[&y, &shape], Vec::new());
+                let y = self.mix(scope, &y, &alpha, &[0, n, 1], 1);
+                let b = self.g.weight(scope, biases)?;
+                let bias = self.g.op("MatMul", scope, &[&alpha, &b], Vec::new());
+                self.g.op("Add", scope, &[&y, &bias], Vec::new())
+            }
+        })
+    }
+
+    fn activate(&mut self, scope: &str, x: String, act: Option<Act>) -> String {
+        match act {
+            None => x,
+            Some(Act::Relu) => self.g.op("Relu", scope, &[&x], Vec::new()),
+            Some(Act::Relu6) => {
+                let (lo, hi) = (
+                    self.g.float_scalar(scope, 0.0),
+                    self.g.float_scalar(scope, 6.0),
+                );
+                self.g.op("Clip", scope, &[&x, &lo, &hi], Vec::new())
+            }
+            Some(Act::Hardswish) => self.g.op("HardSwish", scope, &[&x], Vec::new()),
+        }
+    }
+
+    /// The network on `x` (`[batch, C, side, side]`): its pooled features and logits.
+    fn network(&mut self, net: &MobileNet, x: &str, side: i64) -> Result<(String, String)> {
+        net.check_resolution(side)?;
+        let steps: Vec<Step<'_>> = net.walk();
+        let last_classifier = steps.iter().rposition(|s| s.kind == LayerKind::Classifier);
+        let (mut x, mut hw) = (x.to_string(), (side, side));
+        let (mut block_input, mut se_input, mut pooled) = (x.clone(), x.clone(), None);
+        let mut previous = None;
+        for (i, step) in steps.iter().enumerate() {
+            let scope = step.role.as_str();
+            let w = step.weighted();
+            if step.kind == LayerKind::Expand
+                || (step.kind == LayerKind::Depthwise && previous != Some(LayerKind::Expand))
+            {
+                block_input = x.clone();
+            }
+            match step.unit {
+                Unit::ConvBnAct(layer) => {
+                    let (y, out) = self.conv(scope, &x, hw, layer)?;
+                    x = self.activate(scope, y, layer.act);
+                    hw = out;
+                    if step.adds_input {
+                        x = self.g.op("Add", scope, &[&x, &block_input], Vec::new());
+                    }
+                }
+                Unit::SqueezeExcite(conv) => {
+                    let g = conv.conv.geometry();
+                    let kernels = w.bank.weight_bank().f_reshape([
+                        w.bank.num_bases(),
+                        g.out_channels,
+                        g.in_channels,
+                    ])?;
+                    let biases = w.bank.bias_bank().ok_or_else(|| {
+                        ModelError::Config(format!("{scope}: a squeeze-excite layer without bias"))
+                    })?;
+                    if step.role.ends_with("fc1") {
+                        se_input = x.clone();
+                        let s = self.g.op("GlobalAveragePool", scope, &[&x], Vec::new());
+                        let s = self.g.op("Flatten", scope, &[&s], Vec::new());
+                        let s = self.linear(scope, &s, &kernels, &biases, w.vector)?;
+                        x = self.g.op("Relu", scope, &[&s], Vec::new());
+                    } else {
+                        let s = self.linear(scope, &x, &kernels, &biases, w.vector)?;
+                        let s = self.g.op(
+                            "HardSigmoid",
+                            scope,
+                            &[&s],
+                            vec![
+                                ("alpha", Attr::Float(1.0 / 6.0)),
+                                ("beta", Attr::Float(0.5)),
+                            ],
+                        );
+                        let shape = self.g.ints(scope, &[0, g.out_channels, 1, 1]);
+                        let s = self.g.op("Reshape", scope, &[&s, &shape], Vec::new());
+                        x = self.g.op("Mul", scope, &[&se_input, &s], Vec::new());
+                    }
+                }
+                Unit::Linear(layer) => {
+                    if pooled.is_none() {
+                        let p = self.g.op("GlobalAveragePool", scope, &[&x], Vec::new());
+                        x = self.g.op("Flatten", scope, &[&p], Vec::new());
+                        pooled = Some(x.clone());
+                    }
+                    let bank = layer.linear.bank();
+                    let biases = bank.bias_bank().ok_or_else(|| {
+                        ModelError::Config(format!("{scope}: a classifier layer without bias"))
+                    })?;
+                    x = self.linear(scope, &x, &bank.weight_bank(), &biases, w.vector)?;
+                    if Some(i) != last_classifier {
+                        x = self.g.op("HardSwish", scope, &[&x], Vec::new());
+                    }
+                }
+            }
+            previous = Some(step.kind);
+        }
+        let pooled =
+            pooled.ok_or_else(|| ModelError::Config("a network without classifier".into()))?;
+        Ok((pooled, x))
+    }
+}
+
+impl MobileNet {
+    /// This network as an ONNX model (serialized `ModelProto`, fp32) at `resolution`:
+    /// input `images` `[batch, C, resolution, resolution]`, for a specialist also
+    /// `coefficients` `[batch, vectors, N]` (the lightweight model's output), output
+    /// `logits` `[batch, classes]`.
+    ///
+    /// ```
+    /// use basis_models::{Arch, BasisSpec, MobileNet, MobileNetConfig};
+    /// let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    /// let config = MobileNetConfig::new(Arch::MobilenetV3Small).width(0.5).in_channels(1).classes(10);
+    /// let net = MobileNet::new(&vs.root(), config, BasisSpec::new(4))?;
+    /// let bytes = net.to_onnx(28, basis_models::onnx::MIN_OPSET)?;
+    /// assert!(bytes.len() > 4 * 100_000); // the weights, fp32
+    /// assert!(net.to_onnx(28, 13).unwrap_err().to_string().contains("found opset 13"));
+    /// # Ok::<(), basis_models::ModelError>(())
+    /// ```
+    pub fn to_onnx(&self, resolution: i64, opset: i64) -> Result<Vec<u8>> {
+        self.to_onnx_with(resolution, opset, &BTreeMap::new())
+    }
+
+    /// [`MobileNet::to_onnx`] with `metadata` in the model's `metadata_props`.
+    pub fn to_onnx_with(
+        &self,
+        resolution: i64,
+        opset: i64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        check_opset(opset)?;
+        let c = self.config();
+        let mut g = Graph::default();
+        let images = g.input("images", &[1, c.in_channels, resolution, resolution]);
+        let coefficients = (self.num_coefficient_vectors() > 0).then(|| {
+            g.input(
+                "coefficients",
+                &[
+                    1,
+                    self.num_coefficient_vectors() as i64,
+                    self.spec().num_bases,
+                ],
+            )
+        });
+        let logits = tch::no_grad(|| {
+            let mut e = Emitter {
+                g: &mut g,
+                coefficients,
+                vectors: BTreeMap::new(),
+            };
+            e.network(self, &images, resolution)
+                .map(|(_, logits)| logits)
+        })?;
+        g.output(&logits, "logits", &[1, c.num_classes]);
+        let name = if self.spec().is_static() {
+            "static"
+        } else {
+            "specialist"
+        };
+        Ok(model_bytes(g, name, opset, metadata))
+    }
+}
+
+impl Lightweight {
+    /// The lightweight model as an ONNX model at `resolution` (its own, low resolution):
+    /// input `images` `[batch, C, resolution, resolution]` (the caller resizes, as
+    /// [`BasisNet::lightweight_input`] does), outputs `logits` `[batch, classes]` and
+    /// `coefficients` `[batch, vectors, N]` (softmax rows).
+    pub fn to_onnx(
+        &self,
+        resolution: i64,
+        opset: i64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<Vec<u8>> {
+        check_opset(opset)?;
+        let c = self.backbone().config();
+        let (v, n) = (self.vectors as i64, self.num_bases);
+        let mut g = Graph::default();
+        let images = g.input("images", &[1, c.in_channels, resolution, resolution]);
+        let (logits, coefficients) = tch::no_grad(|| -> Result<(String, String)> {
+            let mut e = Emitter {
+                g: &mut g,
+                coefficients: None,
+                vectors: BTreeMap::new(),
+            };
+            let (pooled, logits) = e.network(self.backbone(), &images, resolution)?;
+            let scope = "coefficient_head";
+            let kernels = self.head.bank().weight_bank();
+            let biases = self
+                .head
+                .bank()
+                .bias_bank()
+                .ok_or_else(|| ModelError::Config("the coefficient head has no bias".into()))?;
+            let z = e.linear(scope, &pooled, &kernels, &biases, None)?;
+            let shape = e.g.ints(scope, &[0, v, n]);
+            let z = e.g.op("Reshape", scope, &[&z, &shape], Vec::new());
+            let t = e.g.float_scalar(scope, self.temperature() as f32);
+            let z = e.g.op("Div", scope, &[&z, &t], Vec::new());
+            let alpha =
+                e.g.op("Softmax", scope, &[&z], vec![("axis", Attr::Int(-1))]);
+            Ok((logits, alpha))
+        })?;
+        g.output(&logits, "logits", &[1, c.num_classes]);
+        g.output(&coefficients, "coefficients", &[1, v, n]);
+        Ok(model_bytes(g, "lightweight", opset, metadata))
+    }
+}
+
+/// The two graphs of a BasisNet.
+#[derive(Debug, Clone)]
+pub struct BasisNetGraphs {
+    /// `lightweight.onnx`: low-resolution `images` -> `logits`, `coefficients`.
+    pub lightweight: Vec<u8>,
+    /// `specialist.onnx`: full-resolution `images`, `coefficients` -> `logits`.
+    pub specialist: Vec<u8>,
+}
+
+impl BasisNet {
+    /// Both stages as ONNX models at their resolutions, each with `metadata` (the
+    /// resolutions are added as `lightweight_resolution` and `resolution`).
+    pub fn to_onnx(
+        &self,
+        opset: i64,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<BasisNetGraphs> {
+        let config = self.config();
+        let mut metadata = metadata.clone();
+        metadata.insert(
+            "lightweight_resolution".into(),
+            config.lightweight_resolution.to_string(),
+        );
+        metadata.insert("resolution".into(), config.resolution.to_string());
+        Ok(BasisNetGraphs {
+            lightweight: self.lightweight().to_onnx(
+                config.lightweight_resolution,
+                opset,
+                &metadata,
+            )?,
+            specialist: self
+                .specialist()
+                .to_onnx_with(config.resolution, opset, &metadata)?,
+        })
+    }
+}
