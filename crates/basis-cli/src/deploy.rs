@@ -1,5 +1,6 @@
 //! `basisnet predict`, `basisnet specialize`, `basisnet calibrate`: using a trained run.
 
+use crate::export::{deployment_metadata, write_new, Format};
 use crate::weights::Which;
 use anyhow::{bail, Context, Result};
 use basis_amp::{autocast, Precision};
@@ -167,7 +168,7 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
 
 #[derive(Args)]
 #[command(
-    after_help = "Examples:\n  basisnet specialize --checkpoint runs/fashion --image boot.png --out boot-specialist.safetensors\n  basisnet specialize --checkpoint runs/fashion --coefficients 0.7,0.1,0.1,0.1 --out mix.safetensors"
+    after_help = "Examples:\n  basisnet specialize --checkpoint runs/fashion --image boot.png --out boot-specialist.safetensors\n  basisnet specialize --checkpoint runs/fashion --coefficients 0.7,0.1,0.1,0.1 --out mix.safetensors\n  basisnet specialize --checkpoint runs/fashion --image boot.png --format onnx --out boot.onnx"
 )]
 pub struct SpecializeArgs {
     /// A run directory (of a BasisNet).
@@ -189,9 +190,16 @@ pub struct SpecializeArgs {
     /// Or give them: N comma-separated numbers (one vector per coefficient vector, in order).
     #[arg(long, value_delimiter = ',')]
     coefficients: Option<Vec<f64>>,
-    /// Where to write the static network (torchvision's names); never overwritten.
+    /// Where to write the static network; never overwritten.
     #[arg(long)]
     out: PathBuf,
+    /// safetensors (torchvision's names) or onnx (fp32, dynamic batch, at the run's
+    /// resolution).
+    #[arg(long, value_enum, default_value_t = Format::Safetensors)]
+    format: Format,
+    /// The ONNX opset (17 to 23), with `--format onnx`.
+    #[arg(long, default_value_t = basis_models::onnx::MIN_OPSET)]
+    opset: i64,
 }
 
 pub fn specialize(args: &SpecializeArgs) -> Result<()> {
@@ -244,8 +252,15 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
         (None, None) => bail!("give --image or --coefficients"),
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    net.specialist().specialize(&vs.root(), &coefficients)?;
-    checkpoint::save(&vs, &args.out, &Default::default())?;
+    let fixed = net.specialist().specialize(&vs.root(), &coefficients)?;
+    match args.format {
+        Format::Safetensors => checkpoint::save(&vs, &args.out, &Default::default())?,
+        Format::Onnx => {
+            let metadata = deployment_metadata(&args.checkpoint, &run)?;
+            let bytes = fixed.to_onnx_with(net.config().resolution, args.opset, &metadata)?;
+            write_new(&args.out, &bytes)?;
+        }
+    }
     let shown: Vec<String> = coefficients
         .iter()
         .map(|c| format!("{:?}", Vec::<f32>::try_from(c).unwrap_or_default()))

@@ -4,6 +4,7 @@ mod bench;
 mod claims;
 mod compare;
 mod deploy;
+mod export;
 mod numbers;
 mod profile;
 mod progress;
@@ -35,6 +36,8 @@ enum Command {
     Predict(deploy::PredictArgs),
     /// Bake one coefficient vector into a static, torchvision-loadable network.
     Specialize(deploy::SpecializeArgs),
+    /// A run as ONNX graphs (fp32, dynamic batch) for ONNX Runtime and other runtimes.
+    Export(export::ExportArgs),
     /// Pick the early-exit threshold for an accuracy drop or a MAdds budget.
     Calibrate(deploy::CalibrateArgs),
     /// Per-layer parameters and multiply-adds of a backbone or a BasisNet preset.
@@ -61,6 +64,7 @@ fn main() {
         Command::Predict(args) => deploy::predict(&args),
         Command::Specialize(args) => deploy::specialize(&args),
         Command::Calibrate(args) => deploy::calibrate(&args),
+        Command::Export(args) => export::run(&args),
     };
     if let Err(err) = result {
         eprintln!("error: {}", sentence(&err));

@@ -4,7 +4,12 @@ mod common;
 
 use common::basisnet;
 
+use prost::Message;
 use std::path::PathBuf;
+
+fn onnx_model(path: &std::path::Path) -> basis_models::onnx::proto::ModelProto {
+    basis_models::onnx::proto::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
 
 #[test]
 fn train_then_eval_print_the_metrics_other_tools_read() {
@@ -114,6 +119,107 @@ fn train_then_eval_print_the_metrics_other_tools_read() {
         "/tmp/never.safetensors",
     ]);
     assert!(!ok && err.contains("reads 1 vector(s) of 4"), "{err}");
+    // The same specialized network as ONNX.
+    let baked_onnx = dir.join("baked.onnx");
+    let (ok, _, err) = basisnet(&[
+        "specialize",
+        "--checkpoint",
+        d,
+        "--coefficients",
+        "0.4,0.3,0.2,0.1",
+        "--format",
+        "onnx",
+        "--out",
+        baked_onnx.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let inputs: Vec<String> = onnx_model(&baked_onnx)
+        .graph
+        .unwrap()
+        .input
+        .into_iter()
+        .filter_map(|i| i.name)
+        .collect();
+    assert_eq!(inputs, ["images"]);
+
+    // export: both stages' graphs with what a deployment needs in their metadata; never
+    // over an existing file; one sentence for an opset or format it does not write.
+    let onnx = dir.join("onnx");
+    let o = onnx.to_str().unwrap();
+    let (ok, out, err) = basisnet(&["export", "--checkpoint", d, "--format", "onnx", "--out", o]);
+    assert!(
+        ok && out.contains("lightweight.onnx") && out.contains("specialist.onnx"),
+        "{err}"
+    );
+    let specialist = onnx_model(&onnx.join("specialist.onnx"));
+    let meta: std::collections::BTreeMap<String, String> = specialist
+        .metadata_props
+        .into_iter()
+        .map(|p| (p.key.unwrap(), p.value.unwrap()))
+        .collect();
+    for key in [
+        "mean",
+        "std",
+        "resolution",
+        "lightweight_resolution",
+        "exit_threshold",
+    ] {
+        assert!(meta.contains_key(key), "{key} in {meta:?}");
+    }
+    assert_eq!(meta["resolution"], "28");
+    let names = |m: basis_models::onnx::proto::ModelProto| -> Vec<String> {
+        m.graph
+            .unwrap()
+            .input
+            .into_iter()
+            .filter_map(|i| i.name)
+            .collect()
+    };
+    assert_eq!(
+        names(onnx_model(&onnx.join("specialist.onnx"))),
+        ["images", "coefficients"]
+    );
+    assert_eq!(
+        names(onnx_model(&onnx.join("lightweight.onnx"))),
+        ["images"]
+    );
+    let before = std::fs::read(onnx.join("specialist.onnx")).unwrap();
+    let (ok, _, err) = basisnet(&["export", "--checkpoint", d, "--format", "onnx", "--out", o]);
+    assert!(
+        !ok && err.contains("exists; choose another --out (nothing is overwritten)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(onnx.join("specialist.onnx")).unwrap(), before);
+    let elsewhere = dir.join("onnx-13");
+    let (ok, _, err) = basisnet(&[
+        "export",
+        "--checkpoint",
+        d,
+        "--format",
+        "onnx",
+        "--opset",
+        "13",
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && err.contains("opset 17 to 23") && err.contains("found opset 13"),
+        "{err}"
+    );
+    assert!(!elsewhere.exists());
+    let (ok, _, err) = basisnet(&[
+        "export",
+        "--checkpoint",
+        d,
+        "--format",
+        "safetensors",
+        "--out",
+        o,
+    ]);
+    assert!(
+        !ok && err.contains("basisnet export writes --format onnx"),
+        "{err}"
+    );
     // calibrate: a threshold for a target drop.
     let (ok, out, err) = basisnet(&[
         "calibrate",

@@ -59,6 +59,9 @@ pub enum ModelError {
         /// What does not fit, naming the tensor.
         problem: String,
     },
+    /// A network or an option the ONNX exporter cannot write.
+    #[error("ONNX export: {0}")]
+    Export(String),
     /// Reading or writing a file.
     #[error("{path}: {source}")]
     Io {

@@ -43,8 +43,8 @@ fn check_opset(opset: i64) -> Result<()> {
     if (MIN_OPSET..=MAX_OPSET).contains(&opset) {
         Ok(())
     } else {
-        Err(ModelError::Config(format!(
-            "ONNX export writes opset {MIN_OPSET} to {MAX_OPSET} (HardSwish and ReduceSum with an axes input need {MIN_OPSET}), found opset {opset}"
+        Err(ModelError::Export(format!(
+            "the graphs are written in opset {MIN_OPSET} to {MAX_OPSET} (HardSwish and ReduceSum with an axes input need {MIN_OPSET}), found opset {opset}"
         )))
     }
 }
@@ -288,7 +288,7 @@ impl Emitter<'_> {
                         g.in_channels,
                     ])?;
                     let biases = w.bank.bias_bank().ok_or_else(|| {
-                        ModelError::Config(format!("{scope}: a squeeze-excite layer without bias"))
+                        ModelError::Export(format!("{scope}: a squeeze-excite layer without bias"))
                     })?;
                     if step.role.ends_with("fc1") {
                         se_input = x.clone();
@@ -320,7 +320,7 @@ impl Emitter<'_> {
                     }
                     let bank = layer.linear.bank();
                     let biases = bank.bias_bank().ok_or_else(|| {
-                        ModelError::Config(format!("{scope}: a classifier layer without bias"))
+                        ModelError::Export(format!("{scope}: a classifier layer without bias"))
                     })?;
                     x = self.linear(scope, &x, &bank.weight_bank(), &biases, w.vector)?;
                     if Some(i) != last_classifier {
@@ -331,7 +331,7 @@ impl Emitter<'_> {
             previous = Some(step.kind);
         }
         let pooled =
-            pooled.ok_or_else(|| ModelError::Config("a network without classifier".into()))?;
+            pooled.ok_or_else(|| ModelError::Export("a network without classifier".into()))?;
         Ok((pooled, x))
     }
 }
@@ -425,7 +425,7 @@ impl Lightweight {
                 .head
                 .bank()
                 .bias_bank()
-                .ok_or_else(|| ModelError::Config("the coefficient head has no bias".into()))?;
+                .ok_or_else(|| ModelError::Export("the coefficient head has no bias".into()))?;
             let z = e.linear(scope, &pooled, &kernels, &biases, None)?;
             let shape = e.g.ints(scope, &[0, v, n]);
             let z = e.g.op("Reshape", scope, &[&z, &shape], Vec::new());
