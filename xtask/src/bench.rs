@@ -12,6 +12,7 @@
 //!   same weights and batch (`basisnet benchmark --save-state`).
 
 mod inference;
+mod onnx_runtime;
 
 use crate::{data, setup, util};
 use anyhow::{bail, Context, Result};
@@ -42,6 +43,9 @@ pub struct BenchArgs {
     /// Batch sizes of the inference rows.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     pub batches: Vec<usize>,
+    /// Only the ONNX Runtime comparison (the exported graphs in ONNX Runtime beside ours).
+    #[arg(long)]
+    pub onnx_only: bool,
     /// Time this `basisnet` instead of building one, with the PyTorch of the `python3` on
     /// `PATH` and no setup: how the GPU kit runs the inference rows (implies
     /// `--inference-only`).
@@ -93,7 +97,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let rows_file = out.join("rows.jsonl");
     let _ = std::fs::remove_file(&rows_file);
 
-    if !args.inference_only {
+    if !args.inference_only && !args.onnx_only {
         // (section, package, bench, environment of the row); the training-step bench
         // measures one row per run.
         let step = |model: &'static str, precision: &'static str| {
@@ -210,9 +214,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     torch.apply_env(&mut build);
     util::run("cargo build --release -p basis-cli", &mut build)?;
     let binary = root.join("target/release/basisnet");
-    let (table, inference) = inference::inference(&scripts, &binary, &torch, args, &out)?;
-    sections.push(("End-to-end inference (224 px)".into(), table));
-    rows.extend(inference);
+    if !args.onnx_only {
+        let (table, inference) = inference::inference(&scripts, &binary, &torch, args, &out)?;
+        sections.push(("End-to-end inference (224 px)".into(), table));
+        rows.extend(inference);
+    }
+    let (table, onnx) = onnx_runtime::onnx_runtime(&scripts, &binary, &torch, args, &out)?;
+    sections.push(("ONNX Runtime (224 px)".into(), table));
+    rows.extend(onnx);
+    if args.onnx_only {
+        return write_report(&out, &rows, &sections);
+    }
     for precision in ["f32", "bf16"] {
         sections.push((
             format!("Where a batch goes: basisnet-mv3, batch 32, {precision}"),

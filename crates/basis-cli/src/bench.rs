@@ -92,6 +92,10 @@ pub struct BenchArgs {
     /// PyTorch side to run the same numbers. Refuses to overwrite an existing file.
     #[arg(long)]
     save_state: Option<PathBuf>,
+    /// Write the model as ONNX graphs into this folder (created; `static.onnx`, or
+    /// `lightweight.onnx` and `specialist.onnx`), for ONNX Runtime to run the same weights.
+    #[arg(long)]
+    save_onnx: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -179,6 +183,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(path) = &args.save_state {
         if path.exists() {
             bail!("{} already exists; not overwriting it", path.display());
+        }
+    }
+    if let Some(dir) = &args.save_onnx {
+        if args.model == BenchModel::BasisnetMv3Exit {
+            bail!("--save-onnx writes mobilenet-v3-large or basisnet-mv3; early exit is the caller's loop around the two graphs");
+        }
+        if dir.join("static.onnx").exists() || dir.join("specialist.onnx").exists() {
+            bail!(
+                "{} already holds ONNX graphs; not overwriting them",
+                dir.display()
+            );
         }
     }
     let device = args.device.resolve(None)?;
@@ -271,6 +286,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         checkpoint::write(path, &tensors, &metadata)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    if let Some(dir) = &args.save_onnx {
+        let opset = basis_models::onnx::MIN_OPSET;
+        let graphs = match &net {
+            Net::Static(net) => vec![("static.onnx", net.to_onnx(224, opset)?)],
+            Net::Basis(net, _) => {
+                let g = net.to_onnx(opset, &Default::default())?;
+                vec![
+                    ("lightweight.onnx", g.lightweight),
+                    ("specialist.onnx", g.specialist),
+                ]
+            }
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, bytes) in graphs {
+            crate::export::write_new(&dir.join(name), &bytes)?;
+        }
     }
 
     if device != Device::Cpu {

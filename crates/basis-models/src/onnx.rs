@@ -143,7 +143,6 @@ impl Emitter<'_> {
         let kernels = bank
             .weight_bank()
             .f_mul(&scale.f_reshape([1, cout, 1, 1, 1])?)?;
-        let shift_name = self.g.weight(scope, &shift.f_reshape([1, cout, 1, 1])?)?;
         let attrs = || {
             vec![
                 ("kernel_shape", Attr::Ints(geometry.kernel_size.to_vec())),
@@ -179,7 +178,8 @@ impl Emitter<'_> {
                 let y = self.g.op("MatMul", scope, &[&w, &cols], Vec::new());
                 let shape = self.g.ints(scope, &[0, cout, oh, ow]);
                 let y = self.g.op("Reshape", scope, &[&y, &shape], Vec::new());
-                self.g.op("Add", scope, &[&y, &shift_name], Vec::new())
+                let shift = self.g.weight(scope, &shift.f_reshape([1, cout, 1, 1])?)?;
+                self.g.op("Add", scope, &[&y, &shift], Vec::new())
             }
             Some(v) => {
                 // The N kernels of every output channel side by side (channel-major, so a
@@ -196,7 +196,8 @@ impl Emitter<'_> {
                 let shape = self.g.ints(scope, &[0, cout, n, oh, ow]);
                 let y = self.g.op("Reshape", scope, &[&y, &shape], Vec::new());
                 let y = self.mix(scope, &y, &alpha, &[0, 1, n, 1, 1], 2);
-                self.g.op("Add", scope, &[&y, &shift_name], Vec::new())
+                let shift = self.g.weight(scope, &shift.f_reshape([1, cout, 1, 1])?)?;
+                self.g.op("Add", scope, &[&y, &shift], Vec::new())
             }
         };
         Ok((y, (oh, ow)))

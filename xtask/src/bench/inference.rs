@@ -54,7 +54,7 @@ const MODELS: [Model; 5] = [
 ];
 
 /// Median of `values` (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
+pub(super) fn median(values: &[f64]) -> f64 {
     let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
     if v.is_empty() {
         return f64::NAN;
@@ -68,7 +68,7 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn number(v: &Value, key: &str) -> f64 {
+pub(super) fn number(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
 
