@@ -93,9 +93,13 @@ pub struct BenchArgs {
     #[arg(long)]
     save_state: Option<PathBuf>,
     /// Write the model as ONNX graphs into this folder (created; `static.onnx`, or
-    /// `lightweight.onnx` and `specialist.onnx`), for ONNX Runtime to run the same weights.
+    /// `lightweight.onnx` and `specialist.onnx` in `--onnx-form`), for ONNX Runtime to run
+    /// the same weights.
     #[arg(long)]
     save_onnx: Option<PathBuf>,
+    /// The specialist's ONNX form with `--save-onnx`.
+    #[arg(long, value_enum, default_value_t = crate::export::FormArg::Scan)]
+    onnx_form: crate::export::FormArg,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -293,7 +297,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let graphs = match &net {
             Net::Static(net) => vec![("static.onnx", net.to_onnx(224, opset)?)],
             Net::Basis(net, _) => {
-                let g = net.to_onnx(opset, &Default::default())?;
+                let g = net.to_onnx(opset, args.onnx_form.into(), &Default::default())?;
                 vec![
                     ("lightweight.onnx", g.lightweight),
                     ("specialist.onnx", g.specialist),

@@ -257,7 +257,8 @@ pub fn specialize(args: &SpecializeArgs) -> Result<()> {
         Format::Safetensors => checkpoint::save(&vs, &args.out, &Default::default())?,
         Format::Onnx => {
             let metadata = deployment_metadata(&args.checkpoint, &run)?;
-            let bytes = fixed.to_onnx_with(net.config().resolution, args.opset, &metadata)?;
+            let form = basis_models::onnx::SpecialistForm::default();
+            let bytes = fixed.to_onnx_with(net.config().resolution, args.opset, form, &metadata)?;
             write_new(&args.out, &bytes)?;
         }
     }

@@ -4,7 +4,7 @@
 use crate::deploy::load_run;
 use crate::weights::Which;
 use anyhow::{bail, Context, Result};
-use basis_models::onnx::MIN_OPSET;
+use basis_models::onnx::{SpecialistForm, MIN_OPSET};
 use basis_train::{DeviceChoice, LoadedRun, Model, RunDir};
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
@@ -36,9 +36,32 @@ pub struct ExportArgs {
     /// The ONNX opset (17 to 23).
     #[arg(long, default_value_t = MIN_OPSET)]
     opset: i64,
+    /// How the specialist's graph keeps the batch dynamic: scan (a `Scan` over the batch,
+    /// each image's kernels synthesized; the faster in ONNX Runtime) or batched (no control
+    /// flow, for runtimes without `Scan`; N times the cost of the k x k layers).
+    #[arg(long, value_enum, default_value_t = FormArg::Scan)]
+    form: FormArg,
     /// A folder for the graphs (created; files already there are never overwritten).
     #[arg(long)]
     out: PathBuf,
+}
+
+/// `--form`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormArg {
+    /// A `Scan` over the batch.
+    Scan,
+    /// Batch-independent operators, no control flow.
+    Batched,
+}
+
+impl From<FormArg> for SpecialistForm {
+    fn from(form: FormArg) -> Self {
+        match form {
+            FormArg::Scan => SpecialistForm::Scan,
+            FormArg::Batched => SpecialistForm::Batched,
+        }
+    }
 }
 
 /// What a deployment needs beside the graph: the run's input transform, its classes and
@@ -83,7 +106,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let metadata = deployment_metadata(&args.checkpoint, &run)?;
     let files: Vec<(&str, Vec<u8>)> = match &run.model {
         Model::BasisNet(net) => {
-            let graphs = net.to_onnx(args.opset, &metadata)?;
+            let graphs = net.to_onnx(args.opset, args.form.into(), &metadata)?;
             vec![
                 ("lightweight.onnx", graphs.lightweight),
                 ("specialist.onnx", graphs.specialist),
@@ -93,7 +116,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             let resolution = run.recipe.basisnet()?.resolution;
             vec![(
                 "static.onnx",
-                net.to_onnx_with(resolution, args.opset, &metadata)?,
+                net.to_onnx_with(resolution, args.opset, SpecialistForm::default(), &metadata)?,
             )]
         }
     };

@@ -4,15 +4,19 @@
 //!
 //! The exporter walks the network with the same traversal as the profile and
 //! `specialize`. Batch norm is folded into the convolutions (evaluation). CondConv-style
-//! exports freeze the batch into a grouped convolution's group count (onnx/onnx#3843); here
-//! every per-sample layer is written with batch-independent operators:
+//! exports freeze the batch into a grouped convolution's group count (onnx/onnx#3843); a
+//! specialist here keeps the batch dynamic in one of two forms ([`SpecialistForm`]):
 //!
-//! | layer | graph |
-//! |---|---|
-//! | static convolution, linear | `Conv`, `Gemm` |
-//! | basis 1x1 convolution | each sample's kernel `alpha @ bank` (`MatMul`), applied by a batched `MatMul` |
-//! | basis k x k or depthwise convolution | one `Conv` with the `N` kernels of every channel side by side, its outputs mixed by the coefficients (`Mul`, `ReduceSum`) |
-//! | basis linear (classifier, squeeze-excite) | the `N` outputs mixed by the coefficients |
+//! | layer | [`SpecialistForm::Scan`] (default) | [`SpecialistForm::Batched`] |
+//! |---|---|---|
+//! | the whole specialist | a `Scan` over the batch: one image at a time | the whole batch at once |
+//! | static convolution, linear | `Conv`, `Gemm` | `Conv`, `Gemm` |
+//! | basis convolution, any kernel | the image's kernel `alpha @ bank` (`MatMul`), then `Conv` | 1x1: each image's kernel by `MatMul`, applied by a batched `MatMul`; k x k and depthwise: one `Conv` with the `N` kernels of every channel side by side, its outputs mixed by the coefficients (`Mul`, `ReduceSum`) |
+//! | basis linear (classifier, squeeze-excite) | the image's weights by `MatMul`, then `Gemm` | the `N` outputs mixed by the coefficients |
+//!
+//! The scan is the paper's computation (synthesize, then run a static network) and the
+//! faster in ONNX Runtime; the batched form needs no control flow, for runtimes without
+//! `Scan`, at `N` times the cost of the k x k layers.
 //!
 //! Graphs are fp32, opset [`MIN_OPSET`] or newer (`HardSwish` needs 14, `ReduceSum` with an
 //! axes input 13), at a fixed resolution with the batch dimension named `batch`.
@@ -78,28 +82,61 @@ fn model_bytes(
     .encode_to_vec()
 }
 
+/// How a specialist's graph keeps the batch dynamic (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpecialistForm {
+    /// A `Scan` over the batch: each image's kernels synthesized, then applied by plain
+    /// `Conv` and `Gemm` (the paper's computation; the faster in ONNX Runtime).
+    #[default]
+    Scan,
+    /// Batch-independent operators over the whole batch, no control flow (for runtimes
+    /// without `Scan`): `N` times the cost in the k x k and depthwise layers.
+    Batched,
+}
+
 /// Emits one network's layers into a graph.
 struct Emitter<'g> {
+    /// Where the layers go: the graph, or the scan's body (one image).
     g: &'g mut Graph,
-    /// The graph input `[batch, vectors, N]` of a specialist.
+    /// Scanning: the graph around the scan, where each image's kernels are synthesized
+    /// for the whole batch (one `MatMul` per layer reads the bank once) and handed to the
+    /// body as scanned inputs.
+    outer: Option<&'g mut Graph>,
+    /// Scanning: the batch tensors the body reads one image of, in its input order.
+    scan_inputs: Vec<String>,
+    /// The coefficients `[batch, vectors, N]` (in the graph around the scan when
+    /// scanning).
     coefficients: Option<String>,
     /// Coefficient vector `v` as `[batch, N]`, gathered once.
     vectors: BTreeMap<usize, String>,
 }
 
-impl Emitter<'_> {
-    /// Coefficient vector `v` of the batch, `[batch, N]`.
+impl<'g> Emitter<'g> {
+    /// An emitter of the whole batch into `g`.
+    fn batched(g: &'g mut Graph, coefficients: Option<String>) -> Self {
+        Self {
+            g,
+            outer: None,
+            scan_inputs: Vec::new(),
+            coefficients,
+            vectors: BTreeMap::new(),
+        }
+    }
+
+    /// Coefficient vector `v` of the batch, `[batch, N]`, in the graph holding the
+    /// coefficients.
     fn alpha(&mut self, scope: &str, v: usize) -> Result<String> {
         if let Some(a) = self.vectors.get(&v) {
             return Ok(a.clone());
         }
         let all = self.coefficients.clone().ok_or_else(|| {
-            ModelError::Config(format!(
+            ModelError::Export(format!(
                 "{scope} is a basis layer, but the graph has no coefficients input"
             ))
         })?;
-        let index = self.g.int_scalar(scope, v as i64);
-        let a = self.g.op(
+        let g = self.outer.as_deref_mut().unwrap_or(&mut *self.g);
+        let index = g.int_scalar(scope, v as i64);
+        let a = g.op(
             "Gather",
             scope,
             &[&all, &index],
@@ -107,6 +144,23 @@ impl Emitter<'_> {
         );
         self.vectors.insert(v, a.clone());
         Ok(a)
+    }
+
+    /// Scanning: each image's `alpha @ bank` (`bank` `[N, K]`) for the whole batch around
+    /// the scan, this image's row inside it, reshaped to `dims`.
+    fn per_image(&mut self, scope: &str, v: usize, bank: &Tensor, dims: &[i64]) -> Result<String> {
+        let alpha = self.alpha(scope, v)?;
+        let outer = self
+            .outer
+            .as_deref_mut()
+            .ok_or_else(|| ModelError::Export(format!("{scope}: not in a scan")))?;
+        let b = outer.weight(scope, bank)?;
+        let all = outer.op("MatMul", scope, &[&alpha, &b], Vec::new());
+        self.scan_inputs.push(all);
+        let name = format!("{scope}/image_{}", self.scan_inputs.len());
+        let row = self.g.fixed_input(&name, &[bank.size()[1]]);
+        let shape = self.g.ints(scope, dims);
+        Ok(self.g.op("Reshape", scope, &[&row, &shape], Vec::new()))
     }
 
     /// `x * alpha`, summed over the bases: `y` is `[batch, ..., N, ...]` with the bases on
@@ -165,6 +219,13 @@ impl Emitter<'_> {
                 let b = self.g.weight(scope, &shift)?;
                 self.g.op("Conv", scope, &[x, &w, &b], attrs())
             }
+            Some(v) if self.outer.is_some() => {
+                // This image's kernel alpha @ bank, then a plain convolution.
+                let shape = geometry.weight_shape();
+                let w = self.per_image(scope, v, &kernels.f_reshape([n, -1])?, &shape)?;
+                let b = self.g.weight(scope, &shift)?;
+                self.g.op("Conv", scope, &[x, &w, &b], attrs())
+            }
             Some(v) if pointwise => {
                 // Each sample's kernel [cout, cin] = alpha @ bank, applied by MatMul.
                 let alpha = self.alpha(scope, v)?;
@@ -220,6 +281,17 @@ impl Emitter<'_> {
                 let b = self.g.weight(scope, &biases.f_select(0, 0)?)?;
                 self.g
                     .op("Gemm", scope, &[x, &w, &b], vec![("transB", Attr::Int(1))])
+            }
+            Some(v) if self.outer.is_some() => {
+                // This image's weights and bias, then a plain linear layer.
+                let w = self.per_image(scope, v, &kernels.f_reshape([n, -1])?, &[out, size[2]])?;
+                let bias = self.per_image(scope, v, biases, &[1, out])?;
+                self.g.op(
+                    "Gemm",
+                    scope,
+                    &[x, &w, &bias],
+                    vec![("transB", Attr::Int(1))],
+                )
             }
             Some(v) => {
                 let alpha = self.alpha(scope, v)?;
@@ -354,38 +426,68 @@ impl MobileNet {
     /// # Ok::<(), basis_models::ModelError>(())
     /// ```
     pub fn to_onnx(&self, resolution: i64, opset: i64) -> Result<Vec<u8>> {
-        self.to_onnx_with(resolution, opset, &BTreeMap::new())
+        self.to_onnx_with(
+            resolution,
+            opset,
+            SpecialistForm::default(),
+            &BTreeMap::new(),
+        )
     }
 
-    /// [`MobileNet::to_onnx`] with `metadata` in the model's `metadata_props`.
+    /// [`MobileNet::to_onnx`] in `form` (a specialist's; a static network has one form),
+    /// with `metadata` in the model's `metadata_props`.
     pub fn to_onnx_with(
         &self,
         resolution: i64,
         opset: i64,
+        form: SpecialistForm,
         metadata: &BTreeMap<String, String>,
     ) -> Result<Vec<u8>> {
         check_opset(opset)?;
         let c = self.config();
+        let (v, n) = (self.num_coefficient_vectors() as i64, self.spec().num_bases);
         let mut g = Graph::default();
         let images = g.input("images", &[1, c.in_channels, resolution, resolution]);
-        let coefficients = (self.num_coefficient_vectors() > 0).then(|| {
-            g.input(
-                "coefficients",
-                &[
-                    1,
-                    self.num_coefficient_vectors() as i64,
-                    self.spec().num_bases,
-                ],
-            )
-        });
-        let logits = tch::no_grad(|| {
-            let mut e = Emitter {
-                g: &mut g,
-                coefficients,
-                vectors: BTreeMap::new(),
-            };
-            e.network(self, &images, resolution)
-                .map(|(_, logits)| logits)
+        let coefficients = (v > 0).then(|| g.input("coefficients", &[1, v, n]));
+        let logits = tch::no_grad(|| -> Result<String> {
+            match (&coefficients, form) {
+                (Some(all), SpecialistForm::Scan) => {
+                    // The body runs one image [C, H, W] with its kernels, which the graph
+                    // around it synthesizes for the whole batch.
+                    let mut body = Graph::nested("image:");
+                    let image = body.fixed_input("image", &[c.in_channels, resolution, resolution]);
+                    let axes = body.ints("image", &[0]);
+                    let x = body.op("Unsqueeze", "image", &[&image, &axes], Vec::new());
+                    let mut e = Emitter {
+                        g: &mut body,
+                        outer: Some(&mut g),
+                        scan_inputs: Vec::new(),
+                        coefficients: Some(all.clone()),
+                        vectors: BTreeMap::new(),
+                    };
+                    let (_, logits) = e.network(self, &x, resolution)?;
+                    let scanned = std::mem::take(&mut e.scan_inputs);
+                    let logits = body.op("Squeeze", "image", &[&logits, &axes], Vec::new());
+                    body.fixed_output(&logits, "image_logits", &[c.num_classes]);
+                    let mut inputs = vec![images.as_str()];
+                    inputs.extend(scanned.iter().map(String::as_str));
+                    Ok(g.op(
+                        "Scan",
+                        "specialist",
+                        &inputs,
+                        vec![
+                            (
+                                "body",
+                                Attr::Graph(Box::new(body.finish("specialist_per_image"))),
+                            ),
+                            ("num_scan_inputs", Attr::Int(inputs.len() as i64)),
+                        ],
+                    ))
+                }
+                _ => Emitter::batched(&mut g, coefficients.clone())
+                    .network(self, &images, resolution)
+                    .map(|(_, logits)| logits),
+            }
         })?;
         g.output(&logits, "logits", &[1, c.num_classes]);
         let name = if self.spec().is_static() {
@@ -414,11 +516,7 @@ impl Lightweight {
         let mut g = Graph::default();
         let images = g.input("images", &[1, c.in_channels, resolution, resolution]);
         let (logits, coefficients) = tch::no_grad(|| -> Result<(String, String)> {
-            let mut e = Emitter {
-                g: &mut g,
-                coefficients: None,
-                vectors: BTreeMap::new(),
-            };
+            let mut e = Emitter::batched(&mut g, None);
             let (pooled, logits) = e.network(self.backbone(), &images, resolution)?;
             let scope = "coefficient_head";
             let kernels = self.head.bank().weight_bank();
@@ -452,11 +550,13 @@ pub struct BasisNetGraphs {
 }
 
 impl BasisNet {
-    /// Both stages as ONNX models at their resolutions, each with `metadata` (the
-    /// resolutions are added as `lightweight_resolution` and `resolution`).
+    /// Both stages as ONNX models at their resolutions, the specialist in `form`, each
+    /// with `metadata` (the resolutions are added as `lightweight_resolution` and
+    /// `resolution`).
     pub fn to_onnx(
         &self,
         opset: i64,
+        form: SpecialistForm,
         metadata: &BTreeMap<String, String>,
     ) -> Result<BasisNetGraphs> {
         let config = self.config();
@@ -472,9 +572,12 @@ impl BasisNet {
                 opset,
                 &metadata,
             )?,
-            specialist: self
-                .specialist()
-                .to_onnx_with(config.resolution, opset, &metadata)?,
+            specialist: self.specialist().to_onnx_with(
+                config.resolution,
+                opset,
+                form,
+                &metadata,
+            )?,
         })
     }
 }

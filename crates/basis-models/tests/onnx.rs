@@ -1,11 +1,13 @@
 //! ONNX export against ONNX Runtime (`scripts/onnx_check.py`, the onnxruntime that `cargo
 //! xtask setup` installed): the lightweight and specialist graphs of basisnet-fashion and
-//! basisnet-mv3 (random weights, randomized batch-norm statistics) at batch 1 and 7 give
-//! our outputs within 1e-4 from one file each (the batch is dynamic), and a static
+//! basisnet-mv3 (random weights, randomized batch-norm statistics), the specialist in both
+//! forms (scan, batched), at batch 1 and 7 give our outputs within 1e-4 from one file each
+//! (the batch is dynamic), and a static
 //! MobileNetV3-Large's graph gives torchvision's logits with the same weights.
 
 mod common;
 
+use basis_models::onnx::SpecialistForm;
 use basis_models::{checkpoint, presets, Arch, BasisNet, BasisSpec, MobileNet, MobileNetConfig};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,7 +111,13 @@ fn onnx_runtime_gives_our_outputs_at_any_batch() {
                 .unwrap();
             let _ = unit_spread(&vs, "specialist.", &logits);
         });
-        let graphs = net.to_onnx(OPSET, &BTreeMap::new()).unwrap();
+        let graphs = net
+            .to_onnx(OPSET, SpecialistForm::Scan, &BTreeMap::new())
+            .unwrap();
+        let batched = net
+            .to_onnx(OPSET, SpecialistForm::Batched, &BTreeMap::new())
+            .unwrap()
+            .specialist;
         for batch in [1, 7] {
             let c = config.specialist.in_channels;
             let images = Tensor::randn(
@@ -143,19 +151,22 @@ fn onnx_runtime_gives_our_outputs_at_any_batch() {
                 &graphs.lightweight,
                 &[("images", &light)],
             );
-            write(
-                &dir,
-                &format!("{case}-specialist"),
-                &graphs.specialist,
-                &[("images", &images), ("coefficients", &sharp)],
-            );
+            // Both forms of the specialist.
+            for (form, graph) in [("scan", &graphs.specialist), ("batched", &batched)] {
+                write(
+                    &dir,
+                    &format!("{case}-specialist-{form}"),
+                    graph,
+                    &[("images", &images), ("coefficients", &sharp)],
+                );
+                expected.push((
+                    format!("{case}-specialist-{form}"),
+                    BTreeMap::from([("logits", logits.shallow_clone())]),
+                ));
+            }
             expected.push((
                 format!("{case}-lightweight"),
                 BTreeMap::from([("logits", light_out.logits), ("coefficients", coefficients)]),
-            ));
-            expected.push((
-                format!("{case}-specialist"),
-                BTreeMap::from([("logits", logits)]),
             ));
         }
     }

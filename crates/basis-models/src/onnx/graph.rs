@@ -15,6 +15,7 @@ pub(crate) enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
+    Graph(Box<GraphProto>),
 }
 
 /// Nodes, initializers and the names they use, in the order they were added.
@@ -25,12 +26,16 @@ pub(crate) struct Graph {
     inputs: Vec<ValueInfoProto>,
     outputs: Vec<ValueInfoProto>,
     counter: usize,
+    /// Before every name this graph makes: a subgraph's names must differ from the
+    /// names of the graph around it.
+    prefix: String,
 }
 
-/// A float tensor's type with a symbolic batch dimension and fixed other dimensions.
-fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+/// A float tensor's type: fixed dimensions, the first one the symbol `batch` when
+/// `batched`.
+fn value_info(name: &str, dims: &[i64], batched: bool) -> ValueInfoProto {
     let dim = |i: usize, d: i64| tensor_shape_proto::Dimension {
-        value: Some(if i == 0 {
+        value: Some(if i == 0 && batched {
             tensor_shape_proto::dimension::Value::DimParam("batch".into())
         } else {
             tensor_shape_proto::dimension::Value::DimValue(d)
@@ -53,22 +58,42 @@ fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
 }
 
 impl Graph {
+    /// A subgraph (a loop body) whose names all start with `prefix`.
+    pub(crate) fn nested(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.into(),
+            ..Self::default()
+        }
+    }
+
     /// A graph input `[batch, dims[1..]]` (fp32).
     pub(crate) fn input(&mut self, name: &str, dims: &[i64]) -> String {
-        self.inputs.push(value_info(name, dims));
+        self.inputs.push(value_info(name, dims, true));
+        name.into()
+    }
+
+    /// A graph input of fixed `dims` (a loop body's slice).
+    pub(crate) fn fixed_input(&mut self, name: &str, dims: &[i64]) -> String {
+        self.inputs.push(value_info(name, dims, false));
         name.into()
     }
 
     /// Mark `tensor` as the graph output `name` `[batch, dims[1..]]` (fp32).
     pub(crate) fn output(&mut self, tensor: &str, name: &str, dims: &[i64]) {
         self.node("Identity", name, &[tensor], &[name], Vec::new());
-        self.outputs.push(value_info(name, dims));
+        self.outputs.push(value_info(name, dims, true));
+    }
+
+    /// Mark `tensor` as the output `name` of fixed `dims` (a loop body's result).
+    pub(crate) fn fixed_output(&mut self, tensor: &str, name: &str, dims: &[i64]) {
+        self.node("Identity", name, &[tensor], &[name], Vec::new());
+        self.outputs.push(value_info(name, dims, false));
     }
 
     /// A fresh tensor name under `scope`.
     fn fresh(&mut self, scope: &str) -> String {
         self.counter += 1;
-        format!("{scope}/{}", self.counter)
+        format!("{}{scope}/{}", self.prefix, self.counter)
     }
 
     /// A constant fp32 tensor from libtorch (any float kind, any device).
@@ -158,11 +183,15 @@ impl Graph {
                         a.r#type = Some(AttributeType::Float as i32);
                         a.f = Some(f);
                     }
+                    Attr::Graph(g) => {
+                        a.r#type = Some(AttributeType::Graph as i32);
+                        a.g = Some(*g);
+                    }
                 }
                 a
             })
             .collect();
-        let name = format!("{scope}/{op}_{}", self.nodes.len());
+        let name = format!("{}{scope}/{op}_{}", self.prefix, self.nodes.len());
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
             output: outputs.iter().map(|s| s.to_string()).collect(),
