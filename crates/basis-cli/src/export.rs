@@ -33,6 +33,10 @@ pub struct ExportArgs {
     /// The format: onnx.
     #[arg(long, value_enum)]
     format: Format,
+    /// The precision of the graphs: fp32 (the only one written; bf16 and fp16 are refused
+    /// in one sentence).
+    #[arg(long, default_value = "fp32")]
+    precision: basis_amp::Precision,
     /// The ONNX opset (17 to 23).
     #[arg(long, default_value_t = MIN_OPSET)]
     opset: i64,
@@ -41,6 +45,10 @@ pub struct ExportArgs {
     /// flow, for runtimes without `Scan`; N times the cost of the k x k layers).
     #[arg(long, value_enum, default_value_t = FormArg::Scan)]
     form: FormArg,
+    /// Expect a baseline run and write its static network, `static.onnx` (a baseline run
+    /// writes it without the flag too).
+    #[arg(long = "static")]
+    static_network: bool,
     /// A folder for the graphs (created; files already there are never overwritten).
     #[arg(long)]
     out: PathBuf,
@@ -102,9 +110,19 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if args.format != Format::Onnx {
         bail!("basisnet export writes --format onnx; a run's weights are already safetensors (its best.safetensors and last.safetensors)");
     }
+    if args.precision != basis_amp::Precision::Fp32 {
+        bail!(
+            "--precision {}: the exporter writes fp32 graphs only (runtimes convert them: onnxruntime's float16 tools, TensorRT's builder)",
+            args.precision
+        );
+    }
     let run = load_run(&args.checkpoint, args.which, DeviceChoice::Cpu)?;
     let metadata = deployment_metadata(&args.checkpoint, &run)?;
     let files: Vec<(&str, Vec<u8>)> = match &run.model {
+        Model::BasisNet(_) if args.static_network => bail!(
+            "{} holds a BasisNet, and --static exports a baseline run's network; drop --static for lightweight.onnx and specialist.onnx, or bake fixed coefficients with `basisnet specialize --format onnx`",
+            args.checkpoint.display()
+        ),
         Model::BasisNet(net) => {
             let graphs = net.to_onnx(args.opset, args.form.into(), &metadata)?;
             vec![
