@@ -4,7 +4,7 @@
 //! ([`MobileNet::seed_from_pretrained`]).
 //!
 //! Our variables carry torchvision's names, so torchvision's files load as they are; timm's
-//! are renamed by [`TIMM_BLOCKS`] and [`timm_top`], derived from the block kinds of
+//! are renamed by one table (`TIMM_BLOCKS`, `timm_top` in the source), derived from the block kinds of
 //! `timm/models/_efficientnet_blocks.py` (depthwise-separable, inverted residual, conv-bn-act)
 //! against torchvision 0.28's module layout. The two libraries build the same networks
 //! (`mobilenetv3_large_100`, `mobilenetv3_small_100`, `mobilenetv2_100` against
