@@ -210,7 +210,8 @@ pub fn load(vs: &nn::VarStore, path: &Path) -> Result<Metadata> {
 
 /// Copy `tensors` (read from `path`) into `vs`, all or nothing, as [`load`] does.
 pub fn assign(vs: &nn::VarStore, path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
-    let variables = vs.variables();
+    // Sorted, so the tensor an error names does not depend on hash order.
+    let variables: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     let mismatch = |problem: String| bad_file(path, problem);
     for (name, var) in &variables {
         match tensors.get(name) {
