@@ -21,6 +21,7 @@ import timm
 import torch
 import torchvision
 from safetensors.torch import save_file
+from torchvision_parity import randomize
 
 MODELS = [
     "mobilenetv3_large_100",
@@ -42,16 +43,8 @@ def export(out):
             model = timm.create_model(name.split("-")[0], pretrained=False, in_chans=1, num_classes=7).eval()
         else:
             model = timm.create_model(name, pretrained=False).eval()
+        randomize(model, i + 1)
         with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0.0, 0.1)
-                    m.running_mean.normal_(0.0, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
-                if isinstance(m, torch.nn.Linear):
-                    m.weight.normal_(0.0, 0.05)
-                    m.bias.normal_(0.0, 0.05)
             # MobileNetV3's head convolution is torchvision's first linear layer: the same
             # scale as torchvision_parity.py gives it keeps the logits near 1.
             head = getattr(model, "conv_head", None)

@@ -37,22 +37,29 @@ def build(arch, width, classes):
     return getattr(torchvision.models, arch)(weights=None, width_mult=width, num_classes=classes).eval()
 
 
+def randomize(model, batches_tracked):
+    """Batch-norm statistics and affine terms away from their initial values (so evaluation
+    mode is really exercised), linear layers at a scale that keeps the logits near 1."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+                m.running_mean.normal_(0.0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.num_batches_tracked.fill_(batches_tracked)
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0.0, 0.05)
+                m.bias.normal_(0.0, 0.05)
+
+
 def export(out):
     out.mkdir(parents=True, exist_ok=True)
     for i, (arch, width, classes, resolution) in enumerate(CASES):
         torch.manual_seed(i)
         model = build(arch, width, classes)
+        randomize(model, i + 1)
         with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.weight.uniform_(0.5, 1.5)
-                    m.bias.normal_(0.0, 0.1)
-                    m.running_mean.normal_(0.0, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
-                    m.num_batches_tracked.fill_(i + 1)
-                if isinstance(m, torch.nn.Linear):
-                    m.weight.normal_(0.0, 0.05)
-                    m.bias.normal_(0.0, 0.05)
             x = torch.randn(2, 3, resolution, resolution)
             logits = model(x)
         case = name(arch, width, classes, resolution)

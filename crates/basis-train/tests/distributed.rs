@@ -40,13 +40,8 @@ fn tiny(extra: &[String]) -> Recipe {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    sets.extend(extra.iter().cloned());
-    let mut r = Recipe::load("fashion-quick")
-        .unwrap()
-        .with_overrides(&sets)
-        .unwrap();
-    r.data.dir = Some(common::prepared("fashion-mnist"));
-    r
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    common::fashion(&sets)
 }
 
 fn free_port() -> u16 {

@@ -262,12 +262,7 @@ fn tiny(extra: &[&str]) -> Recipe {
     .map(|s| s.to_string())
     .collect();
     sets.extend(extra.iter().map(|s| s.to_string()));
-    let mut r = Recipe::load("fashion-quick")
-        .unwrap()
-        .with_overrides(&sets)
-        .unwrap();
-    r.data.dir = Some(common::prepared("fashion-mnist"));
-    r
+    common::fashion(&sets)
 }
 
 fn read_weights(path: &std::path::Path) -> std::collections::BTreeMap<String, Tensor> {

@@ -72,6 +72,24 @@ pub(super) fn number(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(f64::NAN)
 }
 
+/// The median of `key` over one side's rounds.
+pub(super) fn side(runs: &[Value], key: &str) -> f64 {
+    median(&runs.iter().map(|v| number(v, key)).collect::<Vec<_>>())
+}
+
+/// Per-round throughput ratios (ours / theirs), their median, lowest and highest.
+pub(super) fn round_ratios(ours: &[Value], theirs: &[Value]) -> (Vec<f64>, f64, f64, f64) {
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .map(|(o, t)| number(o, "images_per_s") / number(t, "images_per_s"))
+        .collect();
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let ratio = median(&ratios);
+    (ratios, ratio, lo, hi)
+}
+
 /// Whether `basisnet` sees a CUDA device (then every row runs there).
 fn sees_cuda(binary: &Path, threads: &str) -> bool {
     Command::new(binary)
@@ -190,20 +208,7 @@ pub(super) fn inference(
                         "{label}: PyTorch's fp32 logits differ from ours by {gap:e} of their largest magnitude (expected < 1e-4): not the same model, no timing reported"
                     );
                 }
-                let side = |runs: &[Value], key: &str| {
-                    median(&runs.iter().map(|v| number(v, key)).collect::<Vec<_>>())
-                };
-                let ratios: Vec<f64> = ours
-                    .iter()
-                    .zip(&theirs)
-                    .map(|(o, t)| number(o, "images_per_s") / number(t, "images_per_s"))
-                    .collect();
-                let (lo, hi) = ratios
-                    .iter()
-                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &r| {
-                        (lo.min(r), hi.max(r))
-                    });
-                let ratio = median(&ratios);
+                let (ratios, ratio, lo, hi) = round_ratios(&ours, &theirs);
                 let (o, t) = (side(&ours, "images_per_s"), side(&theirs, "images_per_s"));
                 let plan = describe(&choice);
                 let compile = first["compile_seconds"]

@@ -2,7 +2,7 @@
 //! model it times (the same weights and batch), `scripts/onnx_bench.py` times them in ONNX
 //! Runtime (CPU, fp32, the same threads), alternating rounds as the inference rows do.
 
-use super::inference::{median, number};
+use super::inference::{number, round_ratios, side};
 use super::{json_of, BenchArgs, Row};
 use crate::setup;
 use anyhow::{bail, Result};
@@ -79,17 +79,7 @@ pub(super) fn onnx_runtime(
             if gap.is_nan() || gap >= 1e-4 {
                 bail!("{model}, batch {batch}: ONNX Runtime's logits differ from ours by {gap:e} of their largest magnitude (expected < 1e-4): no timing reported");
             }
-            let side = |runs: &[serde_json::Value], key: &str| {
-                median(&runs.iter().map(|v| number(v, key)).collect::<Vec<_>>())
-            };
-            let ratios: Vec<f64> = ours
-                .iter()
-                .zip(&theirs)
-                .map(|(o, t)| number(o, "images_per_s") / number(t, "images_per_s"))
-                .collect();
-            let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let ratio = median(&ratios);
+            let (ratios, ratio, lo, hi) = round_ratios(&ours, &theirs);
             let (o, t) = (side(&ours, "images_per_s"), side(&theirs, "images_per_s"));
             let line = format!(
                 "| {label} | {batch} | {gap:.1e} | {o:.1} | {t:.1} | {ratio:.2}x | {lo:.2}-{hi:.2}x | {:.0} | {:.0} |\n",

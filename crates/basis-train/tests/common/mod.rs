@@ -77,3 +77,16 @@ pub fn identity_28px() -> basis_train::data::AugmentConfig {
         ..Default::default()
     }
 }
+
+/// The `fashion-quick` recipe with `sets` (`key=value` overrides) on the prepared
+/// Fashion-MNIST.
+#[allow(dead_code)]
+pub fn fashion<S: AsRef<str>>(sets: &[S]) -> basis_train::Recipe {
+    let sets: Vec<String> = sets.iter().map(|s| s.as_ref().to_string()).collect();
+    let mut r = basis_train::Recipe::load("fashion-quick")
+        .unwrap()
+        .with_overrides(&sets)
+        .unwrap();
+    r.data.dir = Some(prepared("fashion-mnist"));
+    r
+}
