@@ -11,15 +11,42 @@
 
 use crate::error::TrainError;
 use crate::model::Model;
-use crate::recipe::{Recipe, RecipeError, Stage};
+use crate::recipe::{ModelSection, Recipe, RecipeError, Stage};
 use basis_models::pretrained::Pretrained;
 use basis_models::{Arch, MobileNet};
 use std::path::PathBuf;
 
+/// The recipe key that named a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Init,
+    LightInit,
+    SpecialistInit,
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::Init => "model.init",
+            Key::LightInit => "model.light_init",
+            Key::SpecialistInit => "model.specialist_init",
+        }
+    }
+
+    /// The recipe's field of this key.
+    fn field(self, m: &mut ModelSection) -> &mut Option<PathBuf> {
+        match self {
+            Key::Init => &mut m.init,
+            Key::LightInit => &mut m.light_init,
+            Key::SpecialistInit => &mut m.specialist_init,
+        }
+    }
+}
+
 /// One stage's pretrained weights: the recipe key that named them and the file.
 #[derive(Debug)]
 struct Start {
-    key: &'static str,
+    key: Key,
     weights: Pretrained,
 }
 
@@ -51,13 +78,13 @@ impl Initialization {
     /// file without MobileNet names is an error saying so.
     pub fn read(recipe: &Recipe) -> Result<Self, TrainError> {
         let m = &recipe.model;
-        let pick = |own: &Option<PathBuf>, key: &'static str| -> Option<(&'static str, PathBuf)> {
+        let pick = |own: &Option<PathBuf>, key: Key| -> Option<(Key, PathBuf)> {
             own.clone()
                 .map(|p| (key, p))
-                .or_else(|| m.init.clone().map(|p| ("model.init", p)))
+                .or_else(|| m.init.clone().map(|p| (Key::Init, p)))
         };
-        let light = pick(&m.light_init, "model.light_init");
-        let specialist = pick(&m.specialist_init, "model.specialist_init");
+        let light = pick(&m.light_init, Key::LightInit);
+        let specialist = pick(&m.specialist_init, Key::SpecialistInit);
         let (light, specialist) = if m.baseline {
             // A baseline is one static network: the chosen stage's weights.
             match m.baseline_of {
@@ -67,7 +94,7 @@ impl Initialization {
         } else {
             (light, specialist)
         };
-        let read = |chosen: Option<(&'static str, PathBuf)>| -> Result<Option<Start>, TrainError> {
+        let read = |chosen: Option<(Key, PathBuf)>| -> Result<Option<Start>, TrainError> {
             chosen
                 .map(|(key, path)| {
                     let path = std::fs::canonicalize(&path).unwrap_or(path);
@@ -120,7 +147,7 @@ impl Initialization {
                 "{}'s weights in {} ({})",
                 s.weights.source().name(),
                 s.weights.path().display(),
-                s.key
+                s.key.name()
             )
         };
         match recipe.model.batch_norm_eps {
@@ -156,14 +183,8 @@ impl Initialization {
                 }
             }
         }
-        let m = &mut recipe.model;
         for s in [&self.light, &self.specialist].into_iter().flatten() {
-            let path = Some(s.weights.path().to_path_buf());
-            match s.key {
-                "model.light_init" => m.light_init = path,
-                "model.specialist_init" => m.specialist_init = path,
-                _ => m.init = path,
-            }
+            *s.key.field(&mut recipe.model) = Some(s.weights.path().to_path_buf());
         }
         Ok(notes)
     }
@@ -179,7 +200,7 @@ impl Initialization {
                 let theirs = s.weights.shape(first).unwrap_or_default();
                 warnings.push(format!(
                     "warning: {} ({}): {} {} for {} classes, the model has {}; this layer starts new",
-                    s.key,
+                    s.key.name(),
                     s.weights.path().display(),
                     if fresh.len() == 1 { "tensor" } else { "tensors" },
                     fresh.join(" and "),
