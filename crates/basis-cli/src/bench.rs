@@ -47,6 +47,15 @@ impl From<LayoutArg> for Layout {
     }
 }
 
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Arithmetic precision of weights and activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
@@ -76,6 +85,10 @@ pub struct BenchArgs {
     /// Memory layout of the static network's or the specialist's activations.
     #[arg(long, value_enum, default_value = "auto")]
     layout: LayoutArg,
+    /// Fused inference convolutions (convolution, folded batch norm and activation in one
+    /// oneDNN pass, CPU): `off` runs them apart as eager libtorch does, for A/B runs.
+    #[arg(long, value_enum, default_value = "on")]
+    fusion: Switch,
     /// Timed batches (after the warm-up).
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -206,6 +219,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "--profile measures CPU wall time per operation; the device is {device:?} (pass --device cpu)"
         );
     }
+    basis_core::fused::set_enabled(args.fusion == Switch::On);
     tch::manual_seed(args.seed);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let (net, params, madds) = match args.model {

@@ -1,8 +1,10 @@
 //! [`BasisConv2d`]: a convolution whose kernel is synthesized per sample from `N` bases.
 
+use crate::activation::Activation;
 use crate::bank::KernelBank;
 use crate::cost::LayerCost;
 use crate::error::{BasisError, Result};
+use crate::fused;
 use crate::geometry::Conv2dGeometry;
 use crate::layer;
 use crate::strategy::Strategy;
@@ -107,16 +109,17 @@ impl BasisConv2d {
         coefficients: &Tensor,
         strategy: Strategy,
     ) -> Result<Tensor> {
-        self.apply(input, coefficients, strategy, None)
+        self.apply(input, coefficients, strategy, layer::Epilogue::NONE)
     }
 
-    /// Check the arguments and run `strategy`, with `affine` folded in when given.
+    /// Check the arguments and run `strategy`, then the epilogue (folded and fused where
+    /// it can be).
     fn apply(
         &self,
         input: &Tensor,
         coefficients: &Tensor,
         strategy: Strategy,
-        affine: Option<layer::Affine>,
+        epilogue: layer::Epilogue,
     ) -> Result<Tensor> {
         let batch = self.check_input(input)?;
         let alpha = self.bank.coefficients(coefficients, batch)?;
@@ -127,7 +130,7 @@ impl BasisConv2d {
             self.bank.bias_bank().as_ref(),
             &self.geometry,
             strategy,
-            affine,
+            epilogue,
         )
     }
 
@@ -160,7 +163,11 @@ impl BasisConv2d {
     ) -> Result<Tensor> {
         self.check_affine(scale, shift)?;
         let affine = layer::Affine { scale, shift };
-        self.apply(input, coefficients, self.bank.strategy(), Some(affine))
+        let epilogue = layer::Epilogue {
+            affine: Some(affine),
+            act: Activation::Identity,
+        };
+        self.apply(input, coefficients, self.bank.strategy(), epilogue)
     }
 
     fn check_affine(&self, scale: &Tensor, shift: &Tensor) -> Result<()> {
@@ -244,6 +251,79 @@ impl BasisConv2d {
                     g.groups,
                 )?)
             },
+        )
+    }
+
+    /// The layer (with `coefficients`, or without for a static layer), the per-channel
+    /// affine map `y * scale + shift` when given (an inference batch norm, folded into the
+    /// kernels), then `act`: where it can, convolution, bias and activation run as one
+    /// oneDNN pass over the output ([`crate::fused`]: a static layer, the grouped
+    /// convolution of per-sample kernels, one shared kernel); otherwise the activation is
+    /// applied after the layer, with gradients as usual.
+    ///
+    /// ```
+    /// use basis_core::{Activation, BasisConv2d, Conv2dGeometry};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let conv = BasisConv2d::new(&vs.root(), Conv2dGeometry::new(3, 4, 3).padding(1), 1, false)?;
+    /// let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+    /// let scale = Tensor::from_slice(&[0.5f32, 2.0, -1.0, 1.5]);
+    /// let shift = Tensor::from_slice(&[0.1f32, 0.2, 0.3, -0.4]);
+    /// let affine = Some((&scale, &shift));
+    /// let fused = tch::no_grad(|| conv.forward_fused(&x, None, affine, Activation::Hardswish))?;
+    /// let apart = conv.forward_static_affine(&x, &scale, &shift)?.hardswish();
+    /// assert!(fused.allclose(&apart, 1e-5, 1e-5, false));
+    ///
+    /// // A basis layer: 4 bases, each sample its own kernel.
+    /// let dw = Conv2dGeometry::new(4, 4, 3).padding(1).groups(4);
+    /// let conv = BasisConv2d::new(&(vs.root() / "dw"), dw, 4, true)?;
+    /// let x = Tensor::randn([2, 4, 8, 8], (Kind::Float, Device::Cpu));
+    /// let alpha = Tensor::rand([2, 4], (Kind::Float, Device::Cpu));
+    /// let fused = tch::no_grad(|| conv.forward_fused(&x, Some(&alpha), affine, Activation::RELU6))?;
+    /// let apart = conv.forward_affine(&x, &alpha, &scale, &shift)?.relu6();
+    /// assert!(fused.allclose(&apart, 1e-5, 1e-5, false));
+    /// # Ok::<(), basis_core::BasisError>(())
+    /// ```
+    pub fn forward_fused(
+        &self,
+        input: &Tensor,
+        coefficients: Option<&Tensor>,
+        affine: Option<(&Tensor, &Tensor)>,
+        act: Activation,
+    ) -> Result<Tensor> {
+        if let Some((scale, shift)) = affine {
+            self.check_affine(scale, shift)?;
+        }
+        if let Some(coefficients) = coefficients {
+            let affine = affine.map(|(scale, shift)| layer::Affine { scale, shift });
+            let epilogue = layer::Epilogue { affine, act };
+            return self.apply(input, coefficients, self.bank.strategy(), epilogue);
+        }
+        self.bank.require_static()?;
+        self.check_input(input)?;
+        let g = &self.geometry;
+        let (weight, bias) = match affine {
+            None => (
+                self.bank.weight().shallow_clone(),
+                self.bank.bias().map(Tensor::shallow_clone),
+            ),
+            Some((scale, shift)) => (
+                self.bank.weight().f_mul(&scale.f_reshape([-1, 1, 1, 1])?)?,
+                Some(match self.bank.bias() {
+                    Some(b) => b.f_mul(scale)?.f_add(shift)?,
+                    None => shift.shallow_clone(),
+                }),
+            ),
+        };
+        let folded = if affine.is_some() {
+            " + folded batch norm"
+        } else {
+            ""
+        };
+        crate::timing::span(
+            || format!("{}{folded}", static_work(g, input)),
+            || fused::conv2d(input, &weight, bias.as_ref(), g, g.groups, act),
         )
     }
 

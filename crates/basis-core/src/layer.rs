@@ -1,6 +1,7 @@
 //! What [`crate::BasisConv2d`] and [`crate::BasisLinear`] share: argument checks and the
 //! dispatch to a strategy's kernel.
 
+use crate::activation::Activation;
 use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
 use crate::strategy::Strategy;
@@ -60,9 +61,27 @@ pub(crate) struct Affine<'a> {
     pub(crate) shift: &'a Tensor,
 }
 
-/// Run `strategy` (resolving `Auto`) on checked arguments. `input` is `[B, C, H, W]`. With
-/// `affine`, the bank and its biases are scaled first and the shift joins every sample's
-/// bias, so the layer's output is already `y * scale + shift` for any coefficients.
+/// What follows a layer's convolution, folded or fused into it where it can be.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    /// An inference batch norm.
+    pub(crate) affine: Option<Affine<'a>>,
+    /// The activation.
+    pub(crate) act: Activation,
+}
+
+impl Epilogue<'_> {
+    /// Nothing after the layer.
+    pub(crate) const NONE: Self = Self {
+        affine: None,
+        act: Activation::Identity,
+    };
+}
+
+/// Run `strategy` (resolving `Auto`) on checked arguments, then the epilogue's `act`.
+/// `input` is `[B, C, H, W]`. With an `affine` map, the bank and its biases are scaled first and the shift
+/// joins every sample's bias, so the layer's output is already `y * scale + shift` for any
+/// coefficients.
 pub(crate) fn apply(
     input: &Tensor,
     coefficients: &Coefficients,
@@ -70,8 +89,9 @@ pub(crate) fn apply(
     bias_bank: Option<&Tensor>,
     geometry: &Conv2dGeometry,
     strategy: Strategy,
-    affine: Option<Affine>,
+    epilogue: Epilogue,
 ) -> Result<Tensor> {
+    let Epilogue { affine, act } = epilogue;
     let (batch, _, h, w) = input.size4()?;
     geometry.output_hw(h, w)?;
     let num_bases = bank.size()[0];
@@ -120,27 +140,42 @@ pub(crate) fn apply(
             coefficients.tensor.f_expand([batch, num_bases], false)?
         })
     };
+    // The kernels that run one convolution take the activation (fused into it where
+    // oneDNN can); after the others it is a pass of its own.
     let kernel = match strategy {
         Strategy::PerSample => synthesis::per_sample,
-        Strategy::GroupedConv => synthesis::grouped_conv,
         Strategy::BatchedMatmul => synthesis::batched_matmul,
         Strategy::MixOutputs => synthesis::mix_outputs,
+        Strategy::GroupedConv => {
+            return timing::span(
+                || work(geometry, (h, w), strategy, affine.is_some()),
+                || {
+                    let alpha = alpha()?;
+                    let bias = biases(&alpha)?;
+                    synthesis::grouped_conv(input, &alpha, &bank, bias.as_ref(), geometry, act)
+                },
+            );
+        }
         // `Auto` resolves to a concrete strategy above; one row for the whole batch.
         Strategy::Shared | Strategy::Auto => {
             let row = shared_row(coefficients)?;
             return timing::span(
                 || work(geometry, (h, w), strategy, affine.is_some()),
-                || synthesis::shared(input, &row, &bank, biases(&row)?.as_ref(), geometry),
+                || {
+                    let bias = biases(&row)?;
+                    synthesis::shared(input, &row, &bank, bias.as_ref(), geometry, act)
+                },
             );
         }
     };
-    timing::span(
+    let y = timing::span(
         || work(geometry, (h, w), strategy, affine.is_some()),
         || {
             let alpha = alpha()?;
             kernel(input, &alpha, &bank, biases(&alpha)?.as_ref(), geometry)
         },
-    )
+    )?;
+    act.apply_timed(y)
 }
 
 /// A basis layer's entry in the timing profile: its kind and strategy.

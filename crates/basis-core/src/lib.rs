@@ -34,12 +34,14 @@
 //! # Ok::<(), basis_core::BasisError>(())
 //! ```
 
+mod activation;
 pub mod allocator;
 mod bank;
 mod coefficients;
 mod conv;
 mod cost;
 mod error;
+pub mod fused;
 mod geometry;
 mod layer;
 mod layout;
@@ -48,6 +50,7 @@ mod strategy;
 mod synthesis;
 pub mod timing;
 
+pub use activation::Activation;
 pub use bank::KernelBank;
 pub use coefficients::{softmax_with_temperature, BasisDropout};
 pub use conv::BasisConv2d;

@@ -171,7 +171,7 @@ impl BasisLinear {
             self.bank.bias_bank().as_ref(),
             &geometry,
             resolved,
-            None,
+            layer::Epilogue::NONE,
         )?;
         Ok(y.f_reshape([batch, self.out_features])?)
     }

@@ -5,6 +5,7 @@
 //! `[B, Cout]` (its coefficients times the bias bank, computed once by the caller, plus a
 //! folded batch norm's shift).
 
+use crate::activation::Activation;
 use crate::error::Result;
 use crate::geometry::Conv2dGeometry;
 use crate::layout::{is_channels_last, match_layout};
@@ -60,24 +61,27 @@ pub(crate) fn per_sample(
     match_layout(Tensor::f_cat(&outputs, 0)?, input)
 }
 
-/// All `B` kernels at once, then one grouped convolution with `groups = B * g`.
+/// All `B` kernels at once, then one grouped convolution with `groups = B * g`, the
+/// activation fused into it where it can be ([`crate::fused`]).
 pub(crate) fn grouped_conv(
     input: &Tensor,
     coefficients: &Tensor,
     bank: &Tensor,
     bias: Option<&Tensor>,
     g: &Conv2dGeometry,
+    act: Activation,
 ) -> Result<Tensor> {
     let (b, c, h, w) = input.size4()?;
     let [out, in_per_group, kh, kw] = g.weight_shape();
     let weights = synthesize(coefficients, bank)?.f_reshape([b * out, in_per_group, kh, kw])?;
     let bias = bias.map(|v| v.f_reshape([b * out])).transpose()?;
-    let y = conv(
+    let y = crate::fused::conv2d(
         &input.f_reshape([1, b * c, h, w])?,
         &weights,
         bias.as_ref(),
         g,
         b * g.groups,
+        act,
     )?;
     let (_, _, oh, ow) = y.size4()?;
     match_layout(y.f_reshape([b, out, oh, ow])?, input)
@@ -166,18 +170,19 @@ pub(crate) fn mix_outputs(
     match_layout(y, input)
 }
 
-/// One kernel from one coefficient row (`[1, N]`), one ordinary convolution; `bias` is
-/// that row's `[1, Cout]`.
+/// One kernel from one coefficient row (`[1, N]`), one ordinary convolution (the
+/// activation fused where it can be); `bias` is that row's `[1, Cout]`.
 pub(crate) fn shared(
     input: &Tensor,
     coefficient_row: &Tensor,
     bank: &Tensor,
     bias: Option<&Tensor>,
     g: &Conv2dGeometry,
+    act: Activation,
 ) -> Result<Tensor> {
     let weight = synthesize(coefficient_row, bank)?.f_squeeze_dim(0)?;
     let bias = bias.map(|v| v.f_reshape([-1])).transpose()?;
-    conv(input, &weight, bias.as_ref(), g, g.groups)
+    crate::fused::conv2d(input, &weight, bias.as_ref(), g, g.groups, act)
 }
 
 /// A 1x1 kernel with one group on a 1x1 input: a linear layer (or a squeeze-excite conv).

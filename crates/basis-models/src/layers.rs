@@ -7,31 +7,27 @@ use crate::batch_norm::{BatchNorm2d, BatchNormSpec};
 use crate::error::Result;
 use crate::names::module_name;
 use basis_core::timing;
-use basis_core::{BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
+use basis_core::{Activation, BasisConv2d, BasisLinear, Conv2dGeometry, LayerCost};
 use tch::{nn, Tensor};
 
 /// Apply a nonlinearity; in place when `x` needs no gradient (inference), as
 /// torchvision's `inplace=True` activations do, which saves one activation-sized
 /// allocation (and its page faults) per layer.
-pub fn activate(mut x: Tensor, act: Option<Act>) -> Result<Tensor> {
-    let in_place = !x.requires_grad();
+pub fn activate(x: Tensor, act: Option<Act>) -> Result<Tensor> {
     if act.is_none() {
         return Ok(x);
     }
-    timing::span(
-        || "activation".into(),
-        || {
-            Ok(match (act, in_place) {
-                (None, _) => x,
-                (Some(Act::Relu), true) => x.f_relu_()?,
-                (Some(Act::Relu), false) => x.f_relu()?,
-                (Some(Act::Relu6), true) => x.f_clamp_(0.0, 6.0)?,
-                (Some(Act::Relu6), false) => x.f_relu6()?,
-                (Some(Act::Hardswish), true) => x.f_hardswish_()?,
-                (Some(Act::Hardswish), false) => x.f_hardswish()?,
-            })
-        },
-    )
+    timing::span(|| "activation".into(), || Ok(activation(act).apply(x)?))
+}
+
+/// The activation as basis-core applies it (and fuses it into a convolution).
+pub fn activation(act: Option<Act>) -> Activation {
+    match act {
+        None => Activation::Identity,
+        Some(Act::Relu) => Activation::Relu,
+        Some(Act::Relu6) => Activation::RELU6,
+        Some(Act::Hardswish) => Activation::Hardswish,
+    }
 }
 
 /// The coefficient vectors of one forward pass, `[B, N]` each (or `[1, N]` for one
@@ -178,7 +174,9 @@ impl ConvBnAct {
     /// Convolution, normalization, activation. In evaluation the normalization is folded
     /// into the layer when the output is larger than what the fold rewrites: a static
     /// layer's kernel, a basis layer's `N` kernels (scaled before synthesis, the shift in
-    /// each sample's bias); the fold saves a pass over the output.
+    /// each sample's bias); the fold saves a pass over the output, and the activation then
+    /// runs inside the convolution where oneDNN can fuse it (`basis_core::fused`), which
+    /// saves another.
     pub fn forward_t(
         &self,
         x: &Tensor,
@@ -187,16 +185,17 @@ impl ConvBnAct {
     ) -> Result<Tensor> {
         if !train && self.folding_pays(x) {
             let (scale, shift) = self.bn.inference_affine()?;
-            let y = match self.conv.vector {
-                None => self.conv.conv.forward_static_affine(x, &scale, &shift)?,
-                Some(v) => self.conv.conv.forward_affine(
-                    x,
-                    crate::error::vector(coefficients, v)?,
-                    &scale,
-                    &shift,
-                )?,
-            };
-            return activate(y, self.act);
+            let coefficients = self
+                .conv
+                .vector
+                .map(|v| crate::error::vector(coefficients, v))
+                .transpose()?;
+            return Ok(self.conv.conv.forward_fused(
+                x,
+                coefficients,
+                Some((&scale, &shift)),
+                activation(self.act),
+            )?);
         }
         let y = self.conv.forward(x, coefficients)?;
         let y = timing::span(|| "batch norm".into(), || self.bn.forward_t(&y, train))?;

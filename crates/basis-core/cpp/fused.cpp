@@ -1,0 +1,104 @@
+// A C interface over oneDNN's fused convolution as libtorch registers it
+// (`mkldnn::_convolution_pointwise`, the op PyTorch's compiler emits on the CPU): one
+// convolution with its bias and activation in a single pass over the output. The op is
+// not in tch's generated API, so it is called through the dispatcher. Every function
+// catches C++ exceptions and returns them as a malloc'ed message.
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/GradMode.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+
+namespace {
+
+char* message(const char* text) {
+  size_t n = std::strlen(text);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) std::memcpy(out, text, n + 1);
+  return out;
+}
+
+using Pointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                             at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,
+                             c10::string_view, c10::List<std::optional<at::Scalar>>,
+                             std::optional<c10::string_view>);
+
+const c10::TypedOperatorHandle<Pointwise>* find_op() {
+  static const std::optional<c10::OperatorHandle> handle =
+      c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_pointwise", ""});
+  if (!handle.has_value()) return nullptr;
+  static const c10::TypedOperatorHandle<Pointwise> typed = handle->typed<Pointwise>();
+  return &typed;
+}
+
+}  // namespace
+
+extern "C" {
+
+// 1 when libtorch has oneDNN and registers the fused op.
+int bc_fused_available() {
+  try {
+    return at::hasMKLDNN() && find_op() != nullptr ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+// conv2d(input, weight, bias) then the activation `attr` ("none", "relu", "hardswish",
+// "hardtanh" with `lower`/`upper`) in one oneDNN primitive. `*out` stays null when the
+// fused op does not apply (no oneDNN, not a CPU tensor, a gradient would be needed, a
+// dtype other than fp32/bf16): the caller then runs the unfused layers. Under CPU autocast
+// the operands are cast to the autocast dtype first, as autocast casts `conv2d`'s.
+char* bc_fused_conv2d(at::Tensor* input, at::Tensor* weight, at::Tensor* bias,
+                      const int64_t* stride, const int64_t* padding, const int64_t* dilation,
+                      int64_t groups, const char* attr, double lower, double upper,
+                      at::Tensor** out) {
+  try {
+    *out = nullptr;
+    const auto* op = find_op();
+    if (op == nullptr || !at::hasMKLDNN()) return nullptr;
+    at::Tensor x = *input;
+    at::Tensor w = *weight;
+    std::optional<at::Tensor> b;
+    if (bias != nullptr) b = *bias;
+    bool grad = c10::GradMode::is_enabled() &&
+                (x.requires_grad() || w.requires_grad() || (b && b->requires_grad()));
+    if (grad || !x.device().is_cpu() || !w.device().is_cpu() || x.dim() != 4) return nullptr;
+    at::ScalarType kind = x.scalar_type();
+    if (at::autocast::is_autocast_enabled(at::kCPU)) {
+      at::ScalarType target = at::autocast::get_autocast_dtype(at::kCPU);
+      if (kind == at::kFloat || kind == target) kind = target;
+    }
+    if (kind != at::kFloat && kind != at::kBFloat16) return nullptr;
+    // The autocast state stays as it is: the op below has no autocast kernel, and the
+    // operands already have the dtype autocast would give them.
+    // Dense operands: oneDNN reads raw memory (an expanded bias, stride 0, would be read
+    // past its one value); the input keeps its layout (NCHW or channels_last).
+    x = x.to(kind).contiguous(x.suggest_memory_format());
+    w = w.to(kind).contiguous();
+    if (b) b = b->to(kind).contiguous();
+    std::string act(attr);
+    c10::List<std::optional<at::Scalar>> scalars;
+    if (act == "hardtanh") {
+      scalars.push_back(at::Scalar(lower));
+      scalars.push_back(at::Scalar(upper));
+    }
+    at::Tensor y = op->call(x, w, b, at::IntArrayRef(padding, 2), at::IntArrayRef(stride, 2),
+                            at::IntArrayRef(dilation, 2), groups, act, scalars, std::nullopt);
+    *out = new at::Tensor(std::move(y));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in the fused convolution");
+  }
+}
+
+void bc_free_message(char* text) { std::free(text); }
+
+}  // extern "C"
