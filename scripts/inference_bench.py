@@ -8,8 +8,8 @@ STATE is what `basisnet benchmark --save-state` wrote: the weights (basisnet-rs 
 which are torchvision's) and the batch, plus the early-exit threshold. MODEL is
 MobilenetV3Large (torchvision's `mobilenet_v3_large`, eager), BasisnetMv3 or BasisnetMv3Exit
 (`basisnet_torch.BasisNet`), or MobilenetV3LargeCompiled / BasisnetMv3Compiled: under
-`torch.compile` (the static network in both layouts; the BasisNet in the layout and plan the
-eager search prefers; bf16 compiles the cast model). PRECISION is f32 or bf16. Everything
+`torch.compile` with Inductor's `freezing` on (the static network in both layouts; the
+BasisNet in the layout and plan the eager search prefers; bf16 compiles the cast model). PRECISION is f32 or bf16. Everything
 runs under `torch.inference_mode()`.
 
 What is tried, the fastest kept (its median over ITERS batches after WARMUP):
@@ -111,6 +111,12 @@ def main():
         x = x.contiguous(memory_format=fmt)
         fn = forward
         if compile_it:
+            # Inductor's freezing (weights as constants: batch norm folded, convolution
+            # weights prepacked for oneDNN), what PyTorch recommends for CPU inference; the
+            # Rust side runs its timed loop frozen too.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
             net = torch.compile(model)
 
             def fn(x):

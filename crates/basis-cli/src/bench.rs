@@ -86,7 +86,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "auto")]
     layout: LayoutArg,
     /// Fused inference convolutions (convolution, folded batch norm and activation in one
-    /// oneDNN pass, CPU): `off` runs them apart as eager libtorch does, for A/B runs.
+    /// oneDNN pass, CPU; static layers' kernels prepacked while the timed loop runs
+    /// frozen): `off` runs them apart as eager libtorch does, for A/B runs.
     #[arg(long, value_enum, default_value = "on")]
     fusion: Switch,
     /// Timed batches (after the warm-up).
@@ -333,6 +334,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         images = images.to_kind(Kind::BFloat16);
     }
     let mut seconds = Vec::with_capacity(args.iters);
+    // Inference with weights that do not change: frozen, as an inference server runs
+    // (static layers keep their folded, prepacked kernels between batches).
+    let _frozen = basis_core::frozen::freeze();
     tch::no_grad(|| -> Result<()> {
         for i in 0..args.warmup + args.iters {
             let start = Instant::now();
@@ -422,6 +426,7 @@ fn profile(net: &Net, images: &Tensor, iters: usize) -> Result<(f64, Vec<Profile
     let _ = timing::take();
     timing::enable(true);
     let start = Instant::now();
+    let _frozen = basis_core::frozen::freeze();
     let ran = tch::no_grad(|| -> Result<()> {
         for _ in 0..iters {
             let _ = net.run(images)?;

@@ -36,9 +36,55 @@ const c10::TypedOperatorHandle<Pointwise>* find_op() {
   return &typed;
 }
 
+// The dtype the fused op runs in for input `x`: its own, or CPU autocast's.
+at::ScalarType run_kind(const at::Tensor& x) {
+  at::ScalarType kind = x.scalar_type();
+  if (at::autocast::is_autocast_enabled(at::kCPU)) {
+    at::ScalarType target = at::autocast::get_autocast_dtype(at::kCPU);
+    if (kind == at::kFloat || kind == target) kind = target;
+  }
+  return kind;
+}
+
 }  // namespace
 
 extern "C" {
+
+// The dtype the fused op would run in for these operands (as c10::ScalarType), in `*out`;
+// -1 where it would not run (a gradient needed, not the CPU, another dtype, no oneDNN).
+char* bc_fused_kind(at::Tensor* input, at::Tensor* weight, at::Tensor* bias, int64_t* out) {
+  try {
+    const at::Tensor& x = *input;
+    const at::Tensor& w = *weight;
+    bool grad = c10::GradMode::is_enabled() &&
+                (x.requires_grad() || w.requires_grad() || (bias && bias->requires_grad()));
+    at::ScalarType kind = run_kind(x);
+    bool runs = !grad && x.device().is_cpu() && w.device().is_cpu() && x.dim() == 4 &&
+                (kind == at::kFloat || kind == at::kBFloat16) && at::hasMKLDNN();
+    *out = runs ? static_cast<int64_t>(kind) : -1;
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  }
+}
+
+// `weight` in dtype `kind`, reordered once into the blocked layout oneDNN picks for an
+// input of `input_size` (4 values), as an opaque oneDNN tensor `bc_fused_conv2d` takes.
+char* bc_fused_pack(at::Tensor* weight, const int64_t* stride, const int64_t* padding,
+                    const int64_t* dilation, int64_t groups, const int64_t* input_size,
+                    int64_t kind, at::Tensor** out) {
+  try {
+    *out = nullptr;
+    at::Tensor w = weight->to(static_cast<at::ScalarType>(kind)).contiguous().to_mkldnn();
+    at::Tensor packed = at::mkldnn_reorder_conv2d_weight(
+        w, at::IntArrayRef(padding, 2), at::IntArrayRef(stride, 2),
+        at::IntArrayRef(dilation, 2), groups, at::IntArrayRef(input_size, 4));
+    *out = new at::Tensor(std::move(packed));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  }
+}
 
 // 1 when libtorch has oneDNN and registers the fused op.
 int bc_fused_available() {
@@ -69,18 +115,15 @@ char* bc_fused_conv2d(at::Tensor* input, at::Tensor* weight, at::Tensor* bias,
     bool grad = c10::GradMode::is_enabled() &&
                 (x.requires_grad() || w.requires_grad() || (b && b->requires_grad()));
     if (grad || !x.device().is_cpu() || !w.device().is_cpu() || x.dim() != 4) return nullptr;
-    at::ScalarType kind = x.scalar_type();
-    if (at::autocast::is_autocast_enabled(at::kCPU)) {
-      at::ScalarType target = at::autocast::get_autocast_dtype(at::kCPU);
-      if (kind == at::kFloat || kind == target) kind = target;
-    }
+    at::ScalarType kind = run_kind(x);
     if (kind != at::kFloat && kind != at::kBFloat16) return nullptr;
+    if (w.is_mkldnn() && w.scalar_type() != kind) return nullptr;
     // The autocast state stays as it is: the op below has no autocast kernel, and the
     // operands already have the dtype autocast would give them.
     // Dense operands: oneDNN reads raw memory (an expanded bias, stride 0, would be read
     // past its one value); the input keeps its layout (NCHW or channels_last).
     x = x.to(kind).contiguous(x.suggest_memory_format());
-    w = w.to(kind).contiguous();
+    if (!w.is_mkldnn()) w = w.to(kind).contiguous();  // a prepacked weight is used as it is
     if (b) b = b->to(kind).contiguous();
     std::string act(attr);
     c10::List<std::optional<at::Scalar>> scalars;

@@ -4,6 +4,7 @@ use crate::activation::Activation;
 use crate::bank::KernelBank;
 use crate::cost::LayerCost;
 use crate::error::{BasisError, Result};
+use crate::frozen::PackedWeights;
 use crate::fused;
 use crate::geometry::Conv2dGeometry;
 use crate::layer;
@@ -38,6 +39,8 @@ use tch::{nn, Tensor};
 pub struct BasisConv2d {
     bank: KernelBank,
     geometry: Conv2dGeometry,
+    /// A static layer's folded, prepacked weights for fused inference.
+    packed: PackedWeights,
 }
 
 impl BasisConv2d {
@@ -59,7 +62,11 @@ impl BasisConv2d {
             bias.then_some(geometry.out_channels),
             bound,
         )?;
-        Ok(Self { bank, geometry })
+        Ok(Self {
+            bank,
+            geometry,
+            packed: PackedWeights::default(),
+        })
     }
 
     /// A layer over existing tensors: `bank` `[N, Cout, Cin/g, kh, kw]`, `bias_bank`
@@ -72,7 +79,11 @@ impl BasisConv2d {
         geometry.validate()?;
         let bank =
             KernelBank::from_tensors("basis kernels", bank, bias_bank, &geometry.weight_shape())?;
-        Ok(Self { bank, geometry })
+        Ok(Self {
+            bank,
+            geometry,
+            packed: PackedWeights::default(),
+        })
     }
 
     /// Use `strategy` for every later [`BasisConv2d::forward`].
@@ -259,7 +270,9 @@ impl BasisConv2d {
     /// kernels), then `act`: where it can, convolution, bias and activation run as one
     /// oneDNN pass over the output ([`crate::fused`]: a static layer, the grouped
     /// convolution of per-sample kernels, one shared kernel); otherwise the activation is
-    /// applied after the layer, with gradients as usual.
+    /// applied after the layer, with gradients as usual. While inference is frozen
+    /// ([`crate::frozen::freeze`]) a static layer keeps its folded kernel in oneDNN's
+    /// blocked layout between calls instead of reordering it on every call.
     ///
     /// ```
     /// use basis_core::{Activation, BasisConv2d, Conv2dGeometry};
@@ -303,6 +316,21 @@ impl BasisConv2d {
         self.bank.require_static()?;
         self.check_input(input)?;
         let g = &self.geometry;
+        let folded = if affine.is_some() {
+            " + folded batch norm"
+        } else {
+            ""
+        };
+        let packed = crate::timing::span(
+            || format!("{}{folded}", static_work(g, input)),
+            || {
+                let (weight, bias) = (self.bank.weight(), self.bank.bias());
+                self.packed.conv2d(input, weight, bias, affine, g, act)
+            },
+        )?;
+        if let Some(y) = packed {
+            return Ok(y);
+        }
         let (weight, bias) = match affine {
             None => (
                 self.bank.weight().shallow_clone(),

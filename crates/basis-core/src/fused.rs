@@ -37,7 +37,48 @@ extern "C" {
         upper: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn bc_fused_kind(
+        input: *mut C_tensor,
+        weight: *mut C_tensor,
+        bias: *mut C_tensor,
+        out: *mut i64,
+    ) -> *mut c_char;
+    #[allow(clippy::too_many_arguments)]
+    fn bc_fused_pack(
+        weight: *mut C_tensor,
+        stride: *const i64,
+        padding: *const i64,
+        dilation: *const i64,
+        groups: i64,
+        input_size: *const i64,
+        kind: i64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
     fn bc_free_message(message: *mut c_char);
+}
+
+/// A message from the shim (null: success) as a `Result`, freed.
+fn check(message: *mut c_char) -> Result<()> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null message is a NUL-terminated string the shim malloc'ed.
+    let text = unsafe { std::ffi::CStr::from_ptr(message) }
+        .to_string_lossy()
+        .into_owned();
+    // SAFETY: freed once, with the shim's allocator.
+    unsafe { bc_free_message(message) };
+    Err(BasisError::Torch(tch::TchError::Torch(text)))
+}
+
+fn ptr(t: &Tensor) -> *mut C_tensor {
+    t.as_ptr() as *mut C_tensor
+}
+
+/// A tensor the shim allocated and hands over (or null).
+fn owned(out: *mut C_tensor) -> Option<Tensor> {
+    // SAFETY: a non-null `out` is a tensor the shim allocated for us to own.
+    (!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) })
 }
 
 /// Where the fused primitive is at least as fast as libtorch's own convolution (measured
@@ -133,6 +174,19 @@ pub fn try_conv2d(
     if !ENABLED.load(Ordering::Relaxed) || !pays(input, weight, groups) {
         return Ok(None);
     }
+    run(input, weight, bias, geometry, groups, act)
+}
+
+/// The shim's fused call (`weight` plain or prepacked by [`pack`]), without the
+/// layout rule of [`pays`].
+pub(crate) fn run(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: &Conv2dGeometry,
+    groups: i64,
+    act: Activation,
+) -> Result<Option<Tensor>> {
     let (attr, lower, upper) = act.onednn();
     let attr = CString::new(attr).map_err(|e| BasisError::Config(e.to_string()))?;
     let (stride, padding, dilation) = (geometry.stride, geometry.padding, geometry.dilation);
@@ -140,11 +194,11 @@ pub fn try_conv2d(
     // SAFETY: the tensors outlive the call and the shim only reads them; the arrays hold
     // two values each as the shim expects; the shim writes `out` (a new tensor it hands
     // over, or null) and returns null or a message it malloc'ed.
-    let message = unsafe {
+    check(unsafe {
         bc_fused_conv2d(
-            input.as_ptr() as *mut C_tensor,
-            weight.as_ptr() as *mut C_tensor,
-            bias.map_or(std::ptr::null_mut(), |b| b.as_ptr() as *mut C_tensor),
+            ptr(input),
+            ptr(weight),
+            bias.map_or(std::ptr::null_mut(), ptr),
             stride.as_ptr(),
             padding.as_ptr(),
             dilation.as_ptr(),
@@ -154,19 +208,57 @@ pub fn try_conv2d(
             upper,
             &mut out,
         )
-    };
-    if !message.is_null() {
-        // SAFETY: a non-null message is a NUL-terminated string the shim malloc'ed.
-        let text = unsafe { std::ffi::CStr::from_ptr(message) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: freed once, with the shim's allocator.
-        unsafe { bc_free_message(message) };
-        return Err(BasisError::Torch(tch::TchError::Torch(text)));
-    }
-    if out.is_null() {
+    })?;
+    Ok(owned(out))
+}
+
+/// The dtype (`c10::ScalarType`) the fused op would run a static layer's call in, or
+/// `None` where it would not run (turned off, a layout where it does not pay, a gradient
+/// needed, not the CPU, another dtype): what prepacked weights are packed for.
+pub(crate) fn run_kind(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    groups: i64,
+) -> Result<Option<i64>> {
+    if !ENABLED.load(Ordering::Relaxed) || !pays(input, weight, groups) {
         return Ok(None);
     }
-    // SAFETY: a non-null `out` is a tensor the shim allocated for us to own.
-    Ok(Some(unsafe { Tensor::from_ptr(out) }))
+    let mut kind = -1i64;
+    // SAFETY: the tensors outlive the call; the shim writes one value into `kind`.
+    check(unsafe {
+        bc_fused_kind(
+            ptr(input),
+            ptr(weight),
+            bias.map_or(std::ptr::null_mut(), ptr),
+            &mut kind,
+        )
+    })?;
+    Ok((kind >= 0).then_some(kind))
+}
+
+/// `weight` reordered for an input of `input_size` in dtype `kind` ([`run_kind`]'s).
+pub(crate) fn pack(
+    weight: &Tensor,
+    geometry: &Conv2dGeometry,
+    input_size: &[i64],
+    kind: i64,
+) -> Result<Tensor> {
+    let (stride, padding, dilation) = (geometry.stride, geometry.padding, geometry.dilation);
+    let mut out: *mut C_tensor = std::ptr::null_mut();
+    // SAFETY: as in `run`; `input_size` holds the four sizes of a 4-D input.
+    check(unsafe {
+        bc_fused_pack(
+            ptr(weight),
+            stride.as_ptr(),
+            padding.as_ptr(),
+            dilation.as_ptr(),
+            geometry.groups,
+            input_size.as_ptr(),
+            kind,
+            &mut out,
+        )
+    })?;
+    owned(out)
+        .ok_or_else(|| BasisError::Torch(tch::TchError::Torch("packing returned no tensor".into())))
 }

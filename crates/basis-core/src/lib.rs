@@ -41,6 +41,7 @@ mod coefficients;
 mod conv;
 mod cost;
 mod error;
+pub mod frozen;
 pub mod fused;
 mod geometry;
 mod layer;

@@ -239,3 +239,70 @@ fn bad_shapes_are_typed_errors() {
         "{err}"
     );
 }
+
+/// While inference is frozen a static layer keeps its folded kernel prepacked between
+/// calls; a new input shape, layout or dtype, or another batch-norm map packs again, and
+/// weights trained between two frozen passes are picked up: the output always equals the
+/// layer run apart.
+#[test]
+fn frozen_weights_follow_every_change() {
+    use basis_core::frozen;
+    use tch::nn::OptimizerConfig;
+    let g = Conv2dGeometry::new(8, 16, 3).padding(1);
+    tch::manual_seed(7);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let conv = BasisConv2d::new(&(vs.root() / "conv"), g, 1, true).unwrap();
+    let mut scale = Tensor::rand([16], CPU) + 0.5;
+    let shift = Tensor::randn([16], CPU);
+    let x = to_channels_last(&(Tensor::randn([2, 8, 9, 9], CPU) * 3.0)).unwrap();
+    let act = Activation::Hardswish;
+    let check = |x: &Tensor, scale: &Tensor, what: &str| -> Tensor {
+        let got = tch::no_grad(|| conv.forward_fused(x, None, Some((scale, &shift)), act)).unwrap();
+        let want =
+            tch::no_grad(|| apart(conv.forward_static_affine(x, scale, &shift).unwrap(), act));
+        let gap = (&got.to_kind(Kind::Float) - &want.to_kind(Kind::Float))
+            .abs()
+            .max()
+            .double_value(&[]);
+        let tol = if got.kind() == Kind::BFloat16 {
+            0.05 * want.abs().max().double_value(&[])
+        } else {
+            1e-4
+        };
+        assert!(gap <= tol, "{what}: gap {gap}");
+        got
+    };
+    let unfrozen = check(&x, &scale, "not frozen");
+    let guard = frozen::freeze();
+    let first = check(&x, &scale, "first frozen call (packs)");
+    let again = check(&x, &scale, "second frozen call (reuses)");
+    assert!(first.equal(&again));
+    assert!(first.allclose(&unfrozen, 1e-5, 1e-5, false));
+    // Within the frozen pass: new batch-norm values, another batch size, a contiguous
+    // input (not fused), bf16 autocast, then fp32 again.
+    scale = &scale * 0.5;
+    let _ = check(&x, &scale, "after the scale changed");
+    let x3 = to_channels_last(&Tensor::randn([3, 8, 9, 9], CPU)).unwrap();
+    let _ = check(&x3, &scale, "another batch size");
+    let _ = check(&x.contiguous(), &scale, "contiguous input");
+    let bf16 = autocast(Device::Cpu, Precision::Bf16, || {
+        check(&x, &scale, "bf16 autocast")
+    })
+    .unwrap();
+    assert_eq!(bf16.kind(), Kind::BFloat16);
+    let back = check(&x, &scale, "fp32 again");
+    assert_eq!(back.kind(), Kind::Float);
+    drop(guard);
+
+    // Training between two frozen passes (an optimizer step changes the weights in place),
+    // then a frozen pass again: the new weights, not the packed old ones.
+    let mut opt = nn::Sgd::default().build(&vs, 0.5).unwrap();
+    let loss = conv.forward_static(&x).unwrap().square().mean(Kind::Float);
+    opt.backward_step(&loss);
+    let _guard = frozen::freeze();
+    let stepped = check(&x, &scale, "frozen again after an optimizer step");
+    assert!(
+        (&stepped - &back).abs().max().double_value(&[]) > 1e-3,
+        "the step moved the output"
+    );
+}

@@ -76,6 +76,9 @@ pub fn evaluate(
     resolution: i64,
 ) -> Result<Evaluation, TrainError> {
     let _guard = tch::no_grad_guard();
+    // The weights stay as they are for the whole pass: static layers keep their folded,
+    // prepacked kernels between batches.
+    let _frozen = basis_core::frozen::freeze();
     let (mut light, mut special, mut averaged) = (
         Accuracy::default(),
         Accuracy::default(),
