@@ -183,7 +183,9 @@ impl ConvBnAct {
         coefficients: CoefficientVectors,
         train: bool,
     ) -> Result<Tensor> {
-        if !train && self.folding_pays(x) {
+        // Frozen, a static layer folds once (its kernel is kept prepacked), so it always pays.
+        let frozen_static = self.conv.vector.is_none() && basis_core::frozen::is_frozen();
+        if !train && (frozen_static || self.folding_pays(x)) {
             let (scale, shift) = self.bn.inference_affine()?;
             let coefficients = self
                 .conv
