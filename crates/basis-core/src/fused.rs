@@ -93,6 +93,11 @@ fn pays(input: &Tensor, weight: &Tensor, groups: i64) -> bool {
     depthwise || is_channels_last(input)
 }
 
+/// The fused path is on ([`set_enabled`]) and pays for this input and kernel ([`pays`]).
+fn applies(input: &Tensor, weight: &Tensor, groups: i64) -> bool {
+    ENABLED.load(Ordering::Relaxed) && pays(input, weight, groups)
+}
+
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turn the fused path on or off for the whole process (on by default); off, every layer
@@ -171,7 +176,7 @@ pub fn try_conv2d(
     groups: i64,
     act: Activation,
 ) -> Result<Option<Tensor>> {
-    if !ENABLED.load(Ordering::Relaxed) || !pays(input, weight, groups) {
+    if !applies(input, weight, groups) {
         return Ok(None);
     }
     run(input, weight, bias, geometry, groups, act)
@@ -221,7 +226,7 @@ pub(crate) fn run_kind(
     bias: Option<&Tensor>,
     groups: i64,
 ) -> Result<Option<i64>> {
-    if !ENABLED.load(Ordering::Relaxed) || !pays(input, weight, groups) {
+    if !applies(input, weight, groups) {
         return Ok(None);
     }
     let mut kind = -1i64;

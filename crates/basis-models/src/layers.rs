@@ -183,8 +183,11 @@ impl ConvBnAct {
         coefficients: CoefficientVectors,
         train: bool,
     ) -> Result<Tensor> {
-        // Frozen, a static layer folds once (its kernel is kept prepacked), so it always pays.
-        let frozen_static = self.conv.vector.is_none() && basis_core::frozen::is_frozen();
+        // Frozen, a static layer on a channels_last input folds once (its kernel is kept
+        // prepacked), so folding always pays there.
+        let frozen_static = self.conv.vector.is_none()
+            && basis_core::frozen::is_frozen()
+            && basis_core::is_channels_last(x);
         if !train && (frozen_static || self.folding_pays(x)) {
             let (scale, shift) = self.bn.inference_affine()?;
             let coefficients = self
