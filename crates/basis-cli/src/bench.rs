@@ -333,6 +333,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         vs.bfloat16();
         images = images.to_kind(Kind::BFloat16);
     }
+    // The batch arrives in the layout the static network runs, as a data loader would
+    // hand it over (and as the PyTorch side of `cargo xtask bench` converts its batch
+    // before timing).
+    if let Net::Static(net) = &net {
+        if net.runs_channels_last(args.batch, &[]) {
+            images = basis_core::to_channels_last(&images)?;
+        }
+    }
     let mut seconds = Vec::with_capacity(args.iters);
     // Inference with weights that do not change: frozen, as an inference server runs
     // (static layers keep their folded, prepacked kernels between batches).

@@ -28,6 +28,23 @@ using Pointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::op
                              c10::string_view, c10::List<std::optional<at::Scalar>>,
                              std::optional<c10::string_view>);
 
+// The in-place binary form: `other += conv(X, W, B)` (oneDNN's sum post-op), then an
+// optional activation.
+using PointwiseAdd = at::Tensor&(at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&, at::IntArrayRef,
+                                 at::IntArrayRef, at::IntArrayRef, int64_t, c10::string_view,
+                                 std::optional<at::Scalar>, std::optional<c10::string_view>,
+                                 c10::List<std::optional<at::Scalar>>,
+                                 std::optional<c10::string_view>);
+
+const c10::TypedOperatorHandle<PointwiseAdd>* find_add_op() {
+  static const std::optional<c10::OperatorHandle> handle =
+      c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_pointwise_", "binary"});
+  if (!handle.has_value()) return nullptr;
+  static const c10::TypedOperatorHandle<PointwiseAdd> typed = handle->typed<PointwiseAdd>();
+  return &typed;
+}
+
 const c10::TypedOperatorHandle<Pointwise>* find_op() {
   static const std::optional<c10::OperatorHandle> handle =
       c10::Dispatcher::singleton().findOp({"mkldnn::_convolution_pointwise", ""});
@@ -96,14 +113,17 @@ int bc_fused_available() {
 }
 
 // conv2d(input, weight, bias) then the activation `attr` ("none", "relu", "hardswish",
-// "hardtanh" with `lower`/`upper`) in one oneDNN primitive. `*out` stays null when the
+// "hardsigmoid", "hardtanh" with `lower`/`upper`) in one oneDNN primitive. With
+// `accumulate` (a residual), the convolution is added into it in place before the
+// activation (oneDNN's sum post-op) and `*out` is that tensor; an `accumulate` that is not
+// dense in the input's layout and the run dtype, or needs a gradient, leaves `*out` null. `*out` stays null when the
 // fused op does not apply (no oneDNN, not a CPU tensor, a gradient would be needed, a
 // dtype other than fp32/bf16): the caller then runs the unfused layers. Under CPU autocast
 // the operands are cast to the autocast dtype first, as autocast casts `conv2d`'s.
 char* bc_fused_conv2d(at::Tensor* input, at::Tensor* weight, at::Tensor* bias,
                       const int64_t* stride, const int64_t* padding, const int64_t* dilation,
                       int64_t groups, const char* attr, double lower, double upper,
-                      at::Tensor** out) {
+                      at::Tensor* accumulate, at::Tensor** out) {
   try {
     *out = nullptr;
     const auto* op = find_op();
@@ -123,6 +143,13 @@ char* bc_fused_conv2d(at::Tensor* input, at::Tensor* weight, at::Tensor* bias,
     // Dense operands: oneDNN reads raw memory (an expanded bias, stride 0, would be read
     // past its one value); the input keeps its layout (NCHW or channels_last).
     x = x.to(kind).contiguous(x.suggest_memory_format());
+    // One pixel per channel (a squeeze-excite gate): both layouts hold the same memory;
+    // channels_last strides let oneDNN read it as it is (NCHW picks a blocked layout and
+    // reorders the input and output around the convolution).
+    if (x.size(2) * x.size(3) == 1) {
+      int64_t c = x.size(1);
+      x = x.as_strided(x.sizes(), {c, 1, c, c});
+    }
     if (!w.is_mkldnn()) w = w.to(kind).contiguous();  // a prepacked weight is used as it is
     if (b) b = b->to(kind).contiguous();
     std::string act(attr);
@@ -130,6 +157,21 @@ char* bc_fused_conv2d(at::Tensor* input, at::Tensor* weight, at::Tensor* bias,
     if (act == "hardtanh") {
       scalars.push_back(at::Scalar(lower));
       scalars.push_back(at::Scalar(upper));
+    }
+    if (accumulate != nullptr) {
+      const auto* add = find_add_op();
+      at::Tensor other = *accumulate;
+      bool fits = add != nullptr && other.device().is_cpu() && other.scalar_type() == kind &&
+                  !(c10::GradMode::is_enabled() && other.requires_grad()) &&
+                  other.is_contiguous(x.suggest_memory_format());
+      if (!fits) return nullptr;
+      std::optional<c10::string_view> unary;
+      if (act != "none") unary = c10::string_view(act);
+      add->call(other, x, w, b, at::IntArrayRef(padding, 2), at::IntArrayRef(stride, 2),
+                at::IntArrayRef(dilation, 2), groups, "add", std::nullopt, unary, scalars,
+                std::nullopt);
+      *out = new at::Tensor(std::move(other));
+      return nullptr;
     }
     at::Tensor y = op->call(x, w, b, at::IntArrayRef(padding, 2), at::IntArrayRef(stride, 2),
                             at::IntArrayRef(dilation, 2), groups, act, scalars, std::nullopt);

@@ -32,6 +32,8 @@ pub enum Activation {
     },
     /// `x * relu6(x + 3) / 6` (MobileNetV3's `HS`).
     Hardswish,
+    /// `relu6(x + 3) / 6`, the gate of MobileNetV3's squeeze-excite.
+    Hardsigmoid,
 }
 
 impl Activation {
@@ -55,6 +57,8 @@ impl Activation {
             (Self::Clamp { lower, upper }, false) => x.f_clamp(lower, upper)?,
             (Self::Hardswish, true) => x.f_hardswish_()?,
             (Self::Hardswish, false) => x.f_hardswish()?,
+            (Self::Hardsigmoid, true) => x.f_hardsigmoid_()?,
+            (Self::Hardsigmoid, false) => x.f_hardsigmoid()?,
         })
     }
 
@@ -73,6 +77,7 @@ impl Activation {
             Self::Relu => ("relu", 0.0, 0.0),
             Self::Clamp { lower, upper } => ("hardtanh", lower, upper),
             Self::Hardswish => ("hardswish", 0.0, 0.0),
+            Self::Hardsigmoid => ("hardsigmoid", 0.0, 0.0),
         }
     }
 }

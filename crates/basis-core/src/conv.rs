@@ -305,29 +305,93 @@ impl BasisConv2d {
         affine: Option<(&Tensor, &Tensor)>,
         act: Activation,
     ) -> Result<Tensor> {
+        self.fused(input, coefficients, affine, act, None)
+    }
+
+    /// [`BasisConv2d::forward_fused`] without an activation, plus `residual` (the input
+    /// of a residual block): `layer(input) * scale + shift + residual`. Where the fused
+    /// path applies to a static layer, the convolution is added into `residual`'s memory
+    /// in the same oneDNN pass (the sum post-op, as PyTorch's compiled graphs do), so when
+    /// no gradient is needed pass a residual that nothing reads afterwards; otherwise the
+    /// sum is a second pass, in place into the layer's output.
+    ///
+    /// ```
+    /// use basis_core::{Activation, BasisConv2d, Conv2dGeometry};
+    /// use tch::{nn, Device, Kind, Tensor};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let conv = BasisConv2d::new(&vs.root(), Conv2dGeometry::new(8, 4, 1), 1, false)?;
+    /// let x = Tensor::randn([2, 8, 6, 6], (Kind::Float, Device::Cpu))
+    ///     .contiguous_with_memory_format(tch::MemoryFormat::ChannelsLast);
+    /// let residual = Tensor::randn([2, 4, 6, 6], (Kind::Float, Device::Cpu))
+    ///     .contiguous_with_memory_format(tch::MemoryFormat::ChannelsLast);
+    /// let expected = conv.forward_static(&x)? + &residual;
+    /// let y = tch::no_grad(|| conv.forward_fused_add(&x, None, None, &residual.copy()))?;
+    /// assert!(y.allclose(&expected, 1e-5, 1e-5, false));
+    /// # Ok::<(), basis_core::BasisError>(())
+    /// ```
+    pub fn forward_fused_add(
+        &self,
+        input: &Tensor,
+        coefficients: Option<&Tensor>,
+        affine: Option<(&Tensor, &Tensor)>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        self.fused(
+            input,
+            coefficients,
+            affine,
+            Activation::Identity,
+            Some(residual),
+        )
+    }
+
+    /// [`BasisConv2d::forward_fused`], with `residual` added before `act` when given.
+    fn fused(
+        &self,
+        input: &Tensor,
+        coefficients: Option<&Tensor>,
+        affine: Option<(&Tensor, &Tensor)>,
+        act: Activation,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
         if let Some((scale, shift)) = affine {
             self.check_affine(scale, shift)?;
         }
         if let Some(coefficients) = coefficients {
             let affine = affine.map(|(scale, shift)| layer::Affine { scale, shift });
-            let epilogue = layer::Epilogue { affine, act };
-            return self.apply(input, coefficients, self.bank.strategy(), epilogue);
+            let Some(residual) = residual else {
+                let epilogue = layer::Epilogue { affine, act };
+                return self.apply(input, coefficients, self.bank.strategy(), epilogue);
+            };
+            let epilogue = layer::Epilogue {
+                affine,
+                act: Activation::Identity,
+            };
+            let y = self.apply(input, coefficients, self.bank.strategy(), epilogue)?;
+            return act.apply_timed(fused::add_residual(y, residual)?);
         }
         self.bank.require_static()?;
         self.check_input(input)?;
         let g = &self.geometry;
-        let folded = if affine.is_some() {
-            " + folded batch norm"
-        } else {
-            ""
+        let work = || {
+            let folded = if affine.is_some() {
+                " + folded batch norm"
+            } else {
+                ""
+            };
+            let add = if residual.is_some() {
+                " + residual add"
+            } else {
+                ""
+            };
+            format!("{}{folded}{add}", static_work(g, input))
         };
-        let packed = crate::timing::span(
-            || format!("{}{folded}", static_work(g, input)),
-            || {
-                let (weight, bias) = (self.bank.weight(), self.bank.bias());
-                self.packed.conv2d(input, weight, bias, affine, g, act)
-            },
-        )?;
+        let packed = crate::timing::span(work, || {
+            let (weight, bias) = (self.bank.weight(), self.bank.bias());
+            self.packed
+                .conv2d(input, weight, bias, affine, g, act, residual)
+        })?;
         if let Some(y) = packed {
             return Ok(y);
         }
@@ -344,15 +408,13 @@ impl BasisConv2d {
                 }),
             ),
         };
-        let folded = if affine.is_some() {
-            " + folded batch norm"
-        } else {
-            ""
-        };
-        crate::timing::span(
-            || format!("{}{folded}", static_work(g, input)),
-            || fused::conv2d(input, &weight, bias.as_ref(), g, g.groups, act),
-        )
+        crate::timing::span(work, || match residual {
+            None => fused::conv2d(input, &weight, bias.as_ref(), g, g.groups, act),
+            Some(residual) => {
+                let y = fused::conv2d_add(input, &weight, bias.as_ref(), g, g.groups, residual)?;
+                act.apply_timed(y)
+            }
+        })
     }
 
     /// Parameters and multiply-adds of the layer for one `h x w` input.

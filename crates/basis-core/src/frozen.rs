@@ -107,7 +107,9 @@ impl PackedWeights {
     /// `act(conv2d(input, weight * scale, bias * scale + shift))` through the fused op with
     /// the cached packed weight (packing it first when the cache does not hold it); `None`
     /// when inference is not frozen or the fused op does not apply: the caller then runs
-    /// the unpacked path.
+    /// the unpacked path. With `residual`, the convolution is added into it in place
+    /// (`None` also where the residual does not fit the fused op).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn conv2d(
         &self,
         input: &Tensor,
@@ -116,10 +118,13 @@ impl PackedWeights {
         affine: Option<(&Tensor, &Tensor)>,
         geometry: &Conv2dGeometry,
         act: Activation,
+        residual: Option<&Tensor>,
     ) -> Result<Option<Tensor>> {
         // Contiguous inputs stay unpacked: with a packed weight oneDNN would hand back a
-        // channels_last output, and the next layer expects the input's layout.
-        if !is_frozen() || !crate::is_channels_last(input) {
+        // channels_last output, and the next layer expects the input's layout (one pixel
+        // per channel is both layouts).
+        let layout_fits = crate::is_channels_last(input) || fused::one_pixel(input);
+        if !is_frozen() || !layout_fits {
             return Ok(None);
         }
         let Some(kind) = fused::run_kind(input, weight, bias, geometry.groups)? else {
@@ -164,6 +169,7 @@ impl PackedWeights {
             geometry,
             geometry.groups,
             act,
+            residual,
         )
     }
 }

@@ -35,6 +35,7 @@ extern "C" {
         attr: *const c_char,
         lower: f64,
         upper: f64,
+        accumulate: *mut C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn bc_fused_kind(
@@ -87,10 +88,17 @@ fn owned(out: *mut C_tensor) -> Option<Tensor> {
 /// either layout (0.96-1.23x the time of convolution + activation). A contiguous input to
 /// any other kernel is reordered to oneDNN's blocked layout and back: the stem of a batch
 /// of 32 per-sample kernels (3 input channels per group) took 112 ms fused against 19 ms.
+/// An input of one pixel per channel (a squeeze-excite gate) is both layouts at once; the
+/// shim hands it to oneDNN as `channels_last`.
 fn pays(input: &Tensor, weight: &Tensor, groups: i64) -> bool {
     let size = weight.size();
     let depthwise = size.len() == 4 && size[1] == 1 && size[0] == groups;
-    depthwise || is_channels_last(input)
+    depthwise || is_channels_last(input) || one_pixel(input)
+}
+
+/// A 4-D input of one pixel per channel (`H = W = 1`).
+pub(crate) fn one_pixel(input: &Tensor) -> bool {
+    matches!(input.size().as_slice(), &[_, _, 1, 1])
 }
 
 /// The fused path is on ([`set_enabled`]) and pays for this input and kernel ([`pays`]).
@@ -136,6 +144,18 @@ pub(crate) fn conv2d(
     if let Some(y) = try_conv2d(input, weight, bias, geometry, groups, act)? {
         return Ok(y);
     }
+    conv2d_apart(input, weight, bias, geometry, groups, act)
+}
+
+/// The convolution, then the activation, as eager libtorch runs them.
+fn conv2d_apart(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: &Conv2dGeometry,
+    groups: i64,
+    act: Activation,
+) -> Result<Tensor> {
     let y = input.f_conv2d(
         weight,
         bias,
@@ -145,6 +165,42 @@ pub(crate) fn conv2d(
         groups,
     )?;
     act.apply_timed(y)
+}
+
+/// `conv2d(input, weight, bias) + residual`: where the fused path applies, one oneDNN
+/// primitive that adds the convolution into `residual`'s memory (the sum post-op, as
+/// PyTorch's compiled graphs do for a residual block) and returns it; otherwise the
+/// convolution and then [`add_residual`].
+pub(crate) fn conv2d_add(
+    input: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    geometry: &Conv2dGeometry,
+    groups: i64,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    if applies(input, weight, groups) {
+        let act = Activation::Identity;
+        if let Some(y) = run(input, weight, bias, geometry, groups, act, Some(residual))? {
+            return Ok(y);
+        }
+    }
+    let y = conv2d_apart(input, weight, bias, geometry, groups, Activation::Identity)?;
+    add_residual(y, residual)
+}
+
+/// `y + residual`, in place into `y` when neither needs a gradient.
+pub(crate) fn add_residual(y: Tensor, residual: &Tensor) -> Result<Tensor> {
+    crate::timing::span(
+        || "residual add".into(),
+        || {
+            if y.requires_grad() || residual.requires_grad() {
+                Ok(y.f_add(residual)?)
+            } else {
+                Ok(y.shallow_clone().f_add_(residual)?)
+            }
+        },
+    )
 }
 
 /// `act(conv2d(input, weight, bias))` with `geometry`'s stride, padding and dilation and
@@ -179,11 +235,13 @@ pub fn try_conv2d(
     if !applies(input, weight, groups) {
         return Ok(None);
     }
-    run(input, weight, bias, geometry, groups, act)
+    run(input, weight, bias, geometry, groups, act, None)
 }
 
 /// The shim's fused call (`weight` plain or prepacked by [`pack`]), without the
-/// layout rule of [`pays`].
+/// layout rule of [`pays`]; with `accumulate`, the convolution is added into that tensor
+/// in place before the activation (`None` where `accumulate` does not fit: not dense in
+/// the input's layout, another dtype, a gradient needed).
 pub(crate) fn run(
     input: &Tensor,
     weight: &Tensor,
@@ -191,6 +249,7 @@ pub(crate) fn run(
     geometry: &Conv2dGeometry,
     groups: i64,
     act: Activation,
+    accumulate: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let (attr, lower, upper) = act.onednn();
     let attr = CString::new(attr).map_err(|e| BasisError::Config(e.to_string()))?;
@@ -211,6 +270,7 @@ pub(crate) fn run(
             attr.as_ptr(),
             lower,
             upper,
+            accumulate.map_or(std::ptr::null_mut(), ptr),
             &mut out,
         )
     })?;

@@ -28,11 +28,12 @@ fn geometries() -> Vec<Conv2dGeometry> {
     ]
 }
 
-const ACTIVATIONS: [Activation; 4] = [
+const ACTIVATIONS: [Activation; 5] = [
     Activation::Identity,
     Activation::Relu,
     Activation::RELU6,
     Activation::Hardswish,
+    Activation::Hardsigmoid,
 ];
 
 fn apart(y: Tensor, act: Activation) -> Tensor {
@@ -41,6 +42,7 @@ fn apart(y: Tensor, act: Activation) -> Tensor {
         Activation::Relu => y.relu(),
         Activation::Clamp { lower, upper } => y.clamp(lower, upper),
         Activation::Hardswish => y.hardswish(),
+        Activation::Hardsigmoid => y.hardsigmoid(),
     }
 }
 
@@ -99,7 +101,13 @@ fn equals_the_layer_and_activation_apart_in_fp32() {
                         fused_runs += usize::from(channels_last || depthwise);
                         let gap = (&got - &want).abs().max().double_value(&[]);
                         let spread = want.abs().max().double_value(&[]);
-                        assert!(spread > 1.0, "outputs of size, not zeros ({spread})");
+                        // (A hard sigmoid saturates at 1.)
+                        let floor = if act == Activation::Hardsigmoid {
+                            0.9
+                        } else {
+                            1.0
+                        };
+                        assert!(spread > floor, "outputs of size, not zeros ({spread})");
                         assert!(
                             gap < 1e-4,
                             "{g:?} {act:?} bias {bias} channels_last {channels_last}: gap {gap}"
@@ -121,9 +129,47 @@ fn equals_the_layer_and_activation_apart_in_fp32() {
             }
         }
     }
-    assert_eq!(checked, 5 * 2 * 2 * 4);
+    assert_eq!(checked, 5 * 2 * 2 * 5);
     // Every channels_last case, and the two depthwise geometries contiguous.
-    assert_eq!(fused_runs, 5 * 2 * 4 + 2 * 2 * 4);
+    assert_eq!(fused_runs, 5 * 2 * 5 + 2 * 2 * 5);
+}
+
+/// A squeeze-excite gate's 1x1 layers see one pixel per channel, which is both layouts at
+/// once: the fused op runs them (with their ReLU and hard sigmoid) whatever the strides
+/// say, frozen (prepacked) or not, and matches the layers apart.
+#[test]
+fn one_pixel_gates_fuse_in_either_layout() {
+    use basis_core::frozen;
+    tch::manual_seed(31);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let fc = BasisConv2d::new(&vs.root(), Conv2dGeometry::new(40, 72, 1), 1, true).unwrap();
+    let pooled = Tensor::randn([4, 40, 1, 1], CPU) * 3.0;
+    // The pool of a channels_last activation hands back channels_last strides.
+    let cl = pooled.as_strided([4, 40, 1, 1], [40, 1, 40, 40], None);
+    assert!(cl.equal(&pooled));
+    for act in [Activation::Relu, Activation::Hardsigmoid] {
+        for x in [&pooled, &cl] {
+            let want = tch::no_grad(|| apart(fc.forward_static(x).unwrap(), act));
+            let (w, b) = (fc.bank().weight(), fc.bank().bias().unwrap());
+            let g = *fc.geometry();
+            let direct = tch::no_grad(|| fused::try_conv2d(x, w, Some(b), &g, 1, act)).unwrap();
+            let direct = direct.expect("one pixel per channel runs fused");
+            assert!(direct.allclose(&want, 1e-5, 1e-5, false), "{act:?}");
+            let _guard = frozen::freeze();
+            for call in 0..2 {
+                let got = tch::no_grad(|| fc.forward_fused(x, None, None, act)).unwrap();
+                assert!(
+                    got.allclose(&want, 1e-5, 1e-5, false),
+                    "{act:?} frozen call {call}"
+                );
+            }
+        }
+        let spread = tch::no_grad(|| apart(fc.forward_static(&pooled).unwrap(), act));
+        assert!(
+            spread.max().double_value(&[]) > 0.9,
+            "{act:?} reaches its upper range"
+        );
+    }
 }
 
 #[test]

@@ -77,6 +77,21 @@ impl Conv {
         }
     }
 
+    /// Apply, then `act`: in inference one fused pass where `basis_core::fused` applies
+    /// (a squeeze-excite gate's 1x1 layers with their ReLU and hard sigmoid).
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        coefficients: CoefficientVectors,
+        act: Activation,
+    ) -> Result<Tensor> {
+        let coefficients = self
+            .vector
+            .map(|v| crate::error::vector(coefficients, v))
+            .transpose()?;
+        Ok(self.conv.forward_fused(x, coefficients, None, act)?)
+    }
+
     /// The layer's cost on an `h x w` input.
     pub fn cost(&self, input_hw: (i64, i64)) -> Result<LayerCost> {
         Ok(self.conv.cost(input_hw)?)
@@ -183,12 +198,7 @@ impl ConvBnAct {
         coefficients: CoefficientVectors,
         train: bool,
     ) -> Result<Tensor> {
-        // Frozen, a static layer on a channels_last input folds once (its kernel is kept
-        // prepacked), so folding always pays there.
-        let frozen_static = self.conv.vector.is_none()
-            && basis_core::frozen::is_frozen()
-            && basis_core::is_channels_last(x);
-        if !train && (frozen_static || self.folding_pays(x)) {
+        if !train && self.folds(x) {
             let (scale, shift) = self.bn.inference_affine()?;
             let coefficients = self
                 .conv
@@ -205,6 +215,54 @@ impl ConvBnAct {
         let y = self.conv.forward(x, coefficients)?;
         let y = timing::span(|| "batch norm".into(), || self.bn.forward_t(&y, train))?;
         activate(y, self.act)
+    }
+
+    /// [`ConvBnAct::forward_t`] plus `residual` (the block's input; this layer has no
+    /// activation): in evaluation, where the batch norm folds, a static layer adds its
+    /// convolution into `residual`'s memory in the same oneDNN pass, so `residual` must
+    /// not be read afterwards.
+    pub fn forward_t_add(
+        &self,
+        x: &Tensor,
+        coefficients: CoefficientVectors,
+        train: bool,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
+        if !train && self.act.is_none() && self.folds(x) {
+            let (scale, shift) = self.bn.inference_affine()?;
+            let coefficients = self
+                .conv
+                .vector
+                .map(|v| crate::error::vector(coefficients, v))
+                .transpose()?;
+            return Ok(self.conv.conv.forward_fused_add(
+                x,
+                coefficients,
+                Some((&scale, &shift)),
+                residual,
+            )?);
+        }
+        let y = self.forward_t(x, coefficients, train)?;
+        timing::span(
+            || "residual add".into(),
+            || {
+                if y.requires_grad() || residual.requires_grad() {
+                    Ok(y.f_add(residual)?)
+                } else {
+                    Ok(y.shallow_clone().f_add_(residual)?)
+                }
+            },
+        )
+    }
+
+    /// Whether an evaluation pass folds the batch norm into the convolution.
+    fn folds(&self, x: &Tensor) -> bool {
+        // Frozen, a static layer on a channels_last input folds once (its kernel is kept
+        // prepacked), so folding always pays there.
+        let frozen_static = self.conv.vector.is_none()
+            && basis_core::frozen::is_frozen()
+            && basis_core::is_channels_last(x);
+        frozen_static || self.folding_pays(x)
     }
 
     /// Whether an output of `x`'s batch and size holds more values per channel than one
@@ -266,11 +324,11 @@ impl SqueezeExcite {
     pub fn forward(&self, x: &Tensor, coefficients: CoefficientVectors) -> Result<Tensor> {
         let se = || "squeeze-excite pool, gates and scale".to_string();
         let s = timing::span(se, || x.f_adaptive_avg_pool2d([1, 1]))?;
-        let s = self.fc1.forward(&s, coefficients)?;
-        let s = timing::span(se, || s.f_relu())?;
-        let s = self.fc2.forward(&s, coefficients)?;
+        let s = self.fc1.forward_act(&s, coefficients, Activation::Relu)?;
+        let s = self
+            .fc2
+            .forward_act(&s, coefficients, Activation::Hardsigmoid)?;
         timing::span(se, || {
-            let s = s.f_hardsigmoid()?;
             if x.requires_grad() || s.requires_grad() {
                 Ok(x.f_mul(&s)?)
             } else {

@@ -317,8 +317,23 @@ impl MobileNet {
         self.layout = layout;
     }
 
-    /// Whether a forward pass with these coefficients runs `channels_last`.
-    fn runs_channels_last(&self, batch: i64, coefficients: &[Tensor]) -> bool {
+    /// Whether a forward pass over `batch` images with these coefficients runs
+    /// `channels_last` (a static network: `&[]`). Images already in that layout skip the
+    /// conversion at the start of the pass.
+    ///
+    /// ```
+    /// use basis_models::{Arch, BasisSpec, Layout, MobileNet, MobileNetConfig};
+    /// use tch::{nn, Device};
+    ///
+    /// let vs = nn::VarStore::new(Device::Cpu);
+    /// let config = MobileNetConfig::new(Arch::MobilenetV3Small).classes(10);
+    /// let mut net = MobileNet::new(&vs.root(), config, BasisSpec::fixed())?;
+    /// assert!(net.runs_channels_last(32, &[]), "one kernel per layer serves the batch");
+    /// net.set_layout(Layout::Contiguous);
+    /// assert!(!net.runs_channels_last(32, &[]));
+    /// # Ok::<(), basis_models::ModelError>(())
+    /// ```
+    pub fn runs_channels_last(&self, batch: i64, coefficients: &[Tensor]) -> bool {
         match self.layout {
             Layout::ChannelsLast => true,
             Layout::Contiguous => false,
@@ -368,12 +383,12 @@ impl MobileNet {
                     if let Some(se) = &block.se {
                         y = se.forward(&y, coefficients)?;
                     }
-                    y = block.project.forward_t(&y, coefficients, train)?;
-                    let add = || "residual add".to_string();
-                    match (block.residual, y.requires_grad()) {
-                        (true, true) => timing::span(add, || y.f_add(&x))?,
-                        (true, false) => timing::span(add, || y.f_add_(&x))?,
-                        (false, _) => y,
+                    if block.residual {
+                        // In evaluation the projection may add itself into `x`'s memory;
+                        // `x` is replaced by the block's output right here.
+                        block.project.forward_t_add(&y, coefficients, train, &x)?
+                    } else {
+                        block.project.forward_t(&y, coefficients, train)?
                     }
                 }
             };
