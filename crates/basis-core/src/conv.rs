@@ -316,15 +316,13 @@ impl BasisConv2d {
     /// sum is a second pass, in place into the layer's output.
     ///
     /// ```
-    /// use basis_core::{Activation, BasisConv2d, Conv2dGeometry};
+    /// use basis_core::{to_channels_last, BasisConv2d, Conv2dGeometry};
     /// use tch::{nn, Device, Kind, Tensor};
     ///
     /// let vs = nn::VarStore::new(Device::Cpu);
     /// let conv = BasisConv2d::new(&vs.root(), Conv2dGeometry::new(8, 4, 1), 1, false)?;
-    /// let x = Tensor::randn([2, 8, 6, 6], (Kind::Float, Device::Cpu))
-    ///     .contiguous_with_memory_format(tch::MemoryFormat::ChannelsLast);
-    /// let residual = Tensor::randn([2, 4, 6, 6], (Kind::Float, Device::Cpu))
-    ///     .contiguous_with_memory_format(tch::MemoryFormat::ChannelsLast);
+    /// let x = to_channels_last(&Tensor::randn([2, 8, 6, 6], (Kind::Float, Device::Cpu)))?;
+    /// let residual = to_channels_last(&Tensor::randn([2, 4, 6, 6], (Kind::Float, Device::Cpu)))?;
     /// let expected = conv.forward_static(&x)? + &residual;
     /// let y = tch::no_grad(|| conv.forward_fused_add(&x, None, None, &residual.copy()))?;
     /// assert!(y.allclose(&expected, 1e-5, 1e-5, false));
