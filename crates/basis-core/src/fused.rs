@@ -189,8 +189,20 @@ pub(crate) fn conv2d_add(
     add_residual(y, residual)
 }
 
-/// `y + residual`, in place into `y` when neither needs a gradient.
-pub(crate) fn add_residual(y: Tensor, residual: &Tensor) -> Result<Tensor> {
+/// `y + residual` (a residual block's add, timed as "residual add"), in place into `y`
+/// when neither needs a gradient, as torchvision's blocks do in inference.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+///
+/// let y = Tensor::ones([2, 3], (Kind::Float, Device::Cpu));
+/// let residual = Tensor::full([2, 3], 2.0, (Kind::Float, Device::Cpu));
+/// let sum = basis_core::fused::add_residual(y.shallow_clone(), &residual)?;
+/// assert_eq!(sum.double_value(&[0, 0]), 3.0);
+/// assert_eq!(sum.data_ptr(), y.data_ptr(), "in place: no gradient needed");
+/// # Ok::<(), basis_core::BasisError>(())
+/// ```
+pub fn add_residual(y: Tensor, residual: &Tensor) -> Result<Tensor> {
     crate::timing::span(
         || "residual add".into(),
         || {

@@ -85,11 +85,15 @@ impl Conv {
         coefficients: CoefficientVectors,
         act: Activation,
     ) -> Result<Tensor> {
-        let coefficients = self
-            .vector
-            .map(|v| crate::error::vector(coefficients, v))
-            .transpose()?;
+        let coefficients = self.coefficients(coefficients)?;
         Ok(self.conv.forward_fused(x, coefficients, None, act)?)
+    }
+
+    /// This layer's coefficient vector (`None` for a static layer).
+    fn coefficients<'a>(&self, vectors: CoefficientVectors<'a>) -> Result<Option<&'a Tensor>> {
+        self.vector
+            .map(|v| crate::error::vector(vectors, v))
+            .transpose()
     }
 
     /// The layer's cost on an `h x w` input.
@@ -200,11 +204,7 @@ impl ConvBnAct {
     ) -> Result<Tensor> {
         if !train && self.folds(x) {
             let (scale, shift) = self.bn.inference_affine()?;
-            let coefficients = self
-                .conv
-                .vector
-                .map(|v| crate::error::vector(coefficients, v))
-                .transpose()?;
+            let coefficients = self.conv.coefficients(coefficients)?;
             return Ok(self.conv.conv.forward_fused(
                 x,
                 coefficients,
@@ -230,29 +230,16 @@ impl ConvBnAct {
     ) -> Result<Tensor> {
         if !train && self.act.is_none() && self.folds(x) {
             let (scale, shift) = self.bn.inference_affine()?;
-            let coefficients = self
+            let coefficients = self.conv.coefficients(coefficients)?;
+            let affine = Some((&scale, &shift));
+            let fused = self
                 .conv
-                .vector
-                .map(|v| crate::error::vector(coefficients, v))
-                .transpose()?;
-            return Ok(self.conv.conv.forward_fused_add(
-                x,
-                coefficients,
-                Some((&scale, &shift)),
-                residual,
-            )?);
+                .conv
+                .forward_fused_add(x, coefficients, affine, residual);
+            return Ok(fused?);
         }
         let y = self.forward_t(x, coefficients, train)?;
-        timing::span(
-            || "residual add".into(),
-            || {
-                if y.requires_grad() || residual.requires_grad() {
-                    Ok(y.f_add(residual)?)
-                } else {
-                    Ok(y.shallow_clone().f_add_(residual)?)
-                }
-            },
-        )
+        Ok(basis_core::fused::add_residual(y, residual)?)
     }
 
     /// Whether an evaluation pass folds the batch norm into the convolution.
