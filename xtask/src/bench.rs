@@ -12,6 +12,7 @@
 //!   same weights and batch (`basisnet benchmark --save-state`).
 
 mod inference;
+mod machine;
 mod onnx_runtime;
 
 use crate::{data, setup, util};
@@ -279,9 +280,11 @@ fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Resu
         .find_map(|r| r.extra.get("device").and_then(|d| d.as_str()))
         .unwrap_or("cpu")
         .to_string();
+    let machine = machine::Machine::here();
     let mut md = format!(
-        "# Benchmark report\n\n`cargo xtask bench`, {}. Device: {device}. Ratios are ours / PyTorch (higher is better for ours), both sides in the same run; inference rows: medians over alternating rounds (the ratio is the median of the per-round ratios, its range in the section below).\n\n",
-        util::date()
+        "# Benchmark report\n\n`cargo xtask bench`, {}. Device: {device}. Machine: {}. Ratios are ours / PyTorch (higher is better for ours), both sides in the same run; inference rows: medians over alternating rounds (the ratio is the median of the per-round ratios, its range in the section below).\n\n",
+        util::date(),
+        machine.line()
     );
     md.push_str("## Summary\n\n| comparison | ours images/s | PyTorch images/s | ratio |\n|---|---|---|---|\n");
     for r in rows {
@@ -316,6 +319,7 @@ fn write_report(out: &Path, rows: &[Row], sections: &[(String, String)]) -> Resu
                 "ours_images_per_s": r.ours,
                 "pytorch_images_per_s": r.pytorch,
                 "ratio": r.ratio,
+                "machine": machine.json(),
             });
             if let (Some(obj), Some(extra)) = (v.as_object_mut(), r.extra.as_object()) {
                 for (k, x) in extra {

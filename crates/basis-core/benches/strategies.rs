@@ -39,7 +39,7 @@ fn shapes() -> Vec<(&'static str, Option<Conv2dGeometry>, i64)> {
 }
 
 enum Layer {
-    Conv(BasisConv2d, BasisConv2d),
+    Conv(Box<BasisConv2d>, Box<BasisConv2d>),
     Linear(BasisLinear, BasisLinear),
 }
 
@@ -53,8 +53,8 @@ impl Layer {
                 let bank = Tensor::randn(&shape, f) * 0.05;
                 let stat = bank.narrow(0, 0, 1);
                 Layer::Conv(
-                    BasisConv2d::from_bank(&bank, None, g).unwrap(),
-                    BasisConv2d::from_bank(&stat, None, g).unwrap(),
+                    Box::new(BasisConv2d::from_bank(&bank, None, g).unwrap()),
+                    Box::new(BasisConv2d::from_bank(&stat, None, g).unwrap()),
                 )
             }
             None => {

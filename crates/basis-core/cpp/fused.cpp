@@ -103,6 +103,10 @@ char* bc_fused_pack(at::Tensor* weight, const int64_t* stride, const int64_t* pa
   }
 }
 
+// 1 when autograd records operations on this thread (libtorch's grad mode), 0 under
+// `no_grad`.
+int bc_grad_enabled() { return c10::GradMode::is_enabled() ? 1 : 0; }
+
 // 1 when libtorch has oneDNN and registers the fused op.
 int bc_fused_available() {
   try {

@@ -4,7 +4,7 @@ use crate::activation::Activation;
 use crate::bank::KernelBank;
 use crate::cost::LayerCost;
 use crate::error::{BasisError, Result};
-use crate::frozen::PackedWeights;
+use crate::frozen::{FoldedBank, PackedWeights};
 use crate::fused;
 use crate::geometry::Conv2dGeometry;
 use crate::layer;
@@ -41,6 +41,8 @@ pub struct BasisConv2d {
     geometry: Conv2dGeometry,
     /// A static layer's folded, prepacked weights for fused inference.
     packed: PackedWeights,
+    /// A basis layer's bank with its batch norm folded in, while frozen.
+    folded: FoldedBank,
 }
 
 impl BasisConv2d {
@@ -66,6 +68,7 @@ impl BasisConv2d {
             bank,
             geometry,
             packed: PackedWeights::default(),
+            folded: FoldedBank::default(),
         })
     }
 
@@ -83,6 +86,7 @@ impl BasisConv2d {
             bank,
             geometry,
             packed: PackedWeights::default(),
+            folded: FoldedBank::default(),
         })
     }
 
@@ -134,11 +138,25 @@ impl BasisConv2d {
     ) -> Result<Tensor> {
         let batch = self.check_input(input)?;
         let alpha = self.bank.coefficients(coefficients, batch)?;
+        let (bank, bias_bank) = (self.bank.weight_bank(), self.bank.bias_bank());
+        let folded = match epilogue.affine {
+            Some(a) => self
+                .folded
+                .get(&bank, bias_bank.as_ref(), a.scale, a.shift)?,
+            None => None,
+        };
+        let epilogue = layer::Epilogue {
+            affine: epilogue.affine.map(|a| layer::Affine {
+                folded: folded.as_ref().map(|(b, bb)| (b, bb.as_ref())),
+                ..a
+            }),
+            ..epilogue
+        };
         layer::apply(
             input,
             &alpha,
-            &self.bank.weight_bank(),
-            self.bank.bias_bank().as_ref(),
+            &bank,
+            bias_bank.as_ref(),
             &self.geometry,
             strategy,
             epilogue,
@@ -173,7 +191,11 @@ impl BasisConv2d {
         shift: &Tensor,
     ) -> Result<Tensor> {
         self.check_affine(scale, shift)?;
-        let affine = layer::Affine { scale, shift };
+        let affine = layer::Affine {
+            scale,
+            shift,
+            folded: None,
+        };
         let epilogue = layer::Epilogue {
             affine: Some(affine),
             act: Activation::Identity,
@@ -357,7 +379,11 @@ impl BasisConv2d {
             self.check_affine(scale, shift)?;
         }
         if let Some(coefficients) = coefficients {
-            let affine = affine.map(|(scale, shift)| layer::Affine { scale, shift });
+            let affine = affine.map(|(scale, shift)| layer::Affine {
+                scale,
+                shift,
+                folded: None,
+            });
             let Some(residual) = residual else {
                 let epilogue = layer::Epilogue { affine, act };
                 return self.apply(input, coefficients, self.bank.strategy(), epilogue);

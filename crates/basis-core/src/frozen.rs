@@ -195,3 +195,97 @@ fn fold(
         ),
     })
 }
+
+/// What a folded bank was computed from.
+#[derive(Debug, PartialEq)]
+struct BankKey {
+    generation: u64,
+    kind: tch::Kind,
+    tensors: [usize; 2],
+}
+
+#[derive(Debug)]
+struct BankEntry {
+    key: BankKey,
+    affine: (Tensor, Tensor),
+    bank: Tensor,
+    bias_bank: Option<Tensor>,
+}
+
+/// One basis layer's bank and bias bank with a batch norm's scale folded in, kept while
+/// frozen: the fold reads and writes all `N` kernels, which at batch 1 costs more than
+/// synthesizing the one kernel a sample needs. Reused under the same rules as
+/// [`PackedWeights`] (same generation, dtype, tensors and an equal map).
+#[derive(Debug, Default)]
+pub(crate) struct FoldedBank {
+    slot: Mutex<Option<Box<BankEntry>>>,
+}
+
+impl FoldedBank {
+    /// `(bank * scale, bias_bank * scale)` (`scale` per output channel, the bank
+    /// `[N, Cout, ...]`, the bias bank `[N, Cout]`) from the cache, computing it on a miss;
+    /// `None` when inference is not frozen or a gradient is needed (the caller folds as
+    /// usual, with autograd).
+    pub(crate) fn get(
+        &self,
+        bank: &Tensor,
+        bias_bank: Option<&Tensor>,
+        scale: &Tensor,
+        shift: &Tensor,
+    ) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        let tracked = [Some(bank), bias_bank, Some(scale), Some(shift)]
+            .into_iter()
+            .flatten()
+            .any(Tensor::requires_grad);
+        if !is_frozen() || (tracked && fused::grad_enabled()) {
+            return Ok(None);
+        }
+        let key = BankKey {
+            generation: GENERATION.load(Ordering::SeqCst),
+            kind: bank.f_kind()?,
+            tensors: [
+                bank.data_ptr() as usize,
+                bias_bank.map_or(0, |b| b.data_ptr() as usize),
+            ],
+        };
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = match slot.as_ref() {
+            Some(e) => e.key == key && e.affine.0.f_equal(scale)? && e.affine.1.f_equal(shift)?,
+            None => false,
+        };
+        if !hit {
+            *slot = None;
+            let _guard = tch::no_grad_guard();
+            let (folded, bias) = fold_bank(bank, bias_bank, scale)?;
+            *slot = Some(Box::new(BankEntry {
+                key,
+                affine: (scale.f_detach_copy()?, shift.f_detach_copy()?),
+                bank: folded,
+                bias_bank: bias,
+            }));
+        }
+        Ok(slot.as_ref().map(|e| {
+            (
+                e.bank.shallow_clone(),
+                e.bias_bank.as_ref().map(Tensor::shallow_clone),
+            )
+        }))
+    }
+}
+
+/// The bank `[N, Cout, ...]` and bias bank `[N, Cout]` scaled per output channel.
+pub(crate) fn fold_bank(
+    bank: &Tensor,
+    bias_bank: Option<&Tensor>,
+    scale: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let size = bank.size();
+    let out = size[1];
+    let mut per_channel = vec![1i64; size.len()];
+    per_channel[1] = out;
+    let folded = bank.f_mul(&scale.f_reshape(per_channel)?)?;
+    let bias = bias_bank
+        .map(|bb| bb.f_mul(&scale.f_reshape([1, out])?))
+        .transpose()?;
+    Ok((folded, bias))
+}

@@ -23,6 +23,7 @@ use torch_sys::C_tensor;
 
 extern "C" {
     fn bc_fused_available() -> c_int;
+    fn bc_grad_enabled() -> c_int;
     #[allow(clippy::too_many_arguments)]
     fn bc_fused_conv2d(
         input: *mut C_tensor,
@@ -74,6 +75,12 @@ fn check(message: *mut c_char) -> Result<()> {
 
 fn ptr(t: &Tensor) -> *mut C_tensor {
     t.as_ptr() as *mut C_tensor
+}
+
+/// Whether autograd records operations on this thread (false inside `tch::no_grad`).
+pub(crate) fn grad_enabled() -> bool {
+    // SAFETY: no arguments; reads a thread-local flag.
+    unsafe { bc_grad_enabled() == 1 }
 }
 
 /// A tensor the shim allocated and hands over (or null).

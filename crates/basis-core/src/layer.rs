@@ -59,6 +59,8 @@ pub(crate) fn check_coefficients(
 pub(crate) struct Affine<'a> {
     pub(crate) scale: &'a Tensor,
     pub(crate) shift: &'a Tensor,
+    /// The bank and bias bank already scaled (kept while frozen), if at hand.
+    pub(crate) folded: Option<(&'a Tensor, Option<&'a Tensor>)>,
 }
 
 /// What follows a layer's convolution, folded or fused into it where it can be.
@@ -110,15 +112,11 @@ pub(crate) fn apply(
     }
     let (bank, bias_bank) = match affine {
         None => (bank.shallow_clone(), bias_bank.map(Tensor::shallow_clone)),
-        Some(a) => {
-            let out = geometry.out_channels;
-            let per_basis = a.scale.f_reshape([1, out, 1, 1, 1])?;
-            let scaled = bank.f_mul(&per_basis)?;
-            let bias = bias_bank
-                .map(|bb| bb.f_mul(&a.scale.f_reshape([1, out])?))
-                .transpose()?;
-            (scaled, bias)
-        }
+        Some(Affine {
+            folded: Some((bank, bias_bank)),
+            ..
+        }) => (bank.shallow_clone(), bias_bank.map(Tensor::shallow_clone)),
+        Some(a) => crate::frozen::fold_bank(bank, bias_bank, a.scale)?,
     };
     // Each coefficient row's bias `[rows, Cout]`: its share of the bias bank, plus the shift.
     let biases = |rows: &Tensor| -> Result<Option<Tensor>> {

@@ -245,11 +245,10 @@ impl ConvBnAct {
     /// Whether an evaluation pass folds the batch norm into the convolution.
     fn folds(&self, x: &Tensor) -> bool {
         // Frozen, a static layer on a channels_last input folds once (its kernel is kept
-        // prepacked), so folding always pays there.
-        let frozen_static = self.conv.vector.is_none()
-            && basis_core::frozen::is_frozen()
-            && basis_core::is_channels_last(x);
-        frozen_static || self.folding_pays(x)
+        // prepacked) and a basis layer keeps its folded bank, so folding always pays there.
+        let kept = basis_core::frozen::is_frozen()
+            && (self.conv.vector.is_some() || basis_core::is_channels_last(x));
+        kept || self.folding_pays(x)
     }
 
     /// Whether an output of `x`'s batch and size holds more values per channel than one
