@@ -47,6 +47,7 @@ mod geometry;
 mod layer;
 mod layout;
 mod linear;
+pub mod squeeze;
 mod strategy;
 mod synthesis;
 pub mod timing;

@@ -393,10 +393,10 @@ impl MobileNet {
                 }
             };
         }
-        Ok(timing::span(
+        timing::span(
             || "global pool".into(),
-            || x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1),
-        )?)
+            || -> Result<Tensor> { Ok(basis_core::squeeze::squeeze(&x)?.f_flatten(1, -1)?) },
+        )
     }
 
     /// The classifier on pooled features.
