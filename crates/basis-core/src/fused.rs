@@ -60,7 +60,7 @@ extern "C" {
 }
 
 /// A message from the shim (null: success) as a `Result`, freed.
-pub(crate) fn check(message: *mut c_char) -> Result<()> {
+fn check(message: *mut c_char) -> Result<()> {
     if message.is_null() {
         return Ok(());
     }
@@ -73,7 +73,7 @@ pub(crate) fn check(message: *mut c_char) -> Result<()> {
     Err(BasisError::Torch(tch::TchError::Torch(text)))
 }
 
-pub(crate) fn ptr(t: &Tensor) -> *mut C_tensor {
+fn ptr(t: &Tensor) -> *mut C_tensor {
     t.as_ptr() as *mut C_tensor
 }
 
@@ -84,7 +84,7 @@ pub(crate) fn grad_enabled() -> bool {
 }
 
 /// A tensor the shim allocated and hands over (or null).
-pub(crate) fn owned(out: *mut C_tensor) -> Option<Tensor> {
+fn owned(out: *mut C_tensor) -> Option<Tensor> {
     // SAFETY: a non-null `out` is a tensor the shim allocated for us to own.
     (!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) })
 }

@@ -47,7 +47,6 @@ mod geometry;
 mod layer;
 mod layout;
 mod linear;
-pub mod squeeze;
 mod strategy;
 mod synthesis;
 pub mod timing;

@@ -309,7 +309,7 @@ impl SqueezeExcite {
     /// `x * hardsigmoid(fc2(relu(fc1(avgpool(x)))))`.
     pub fn forward(&self, x: &Tensor, coefficients: CoefficientVectors) -> Result<Tensor> {
         let se = || "squeeze-excite pool, gates and scale".to_string();
-        let s = timing::span(se, || basis_core::squeeze::squeeze(x))?;
+        let s = timing::span(se, || x.f_adaptive_avg_pool2d([1, 1]))?;
         let s = self.fc1.forward_act(&s, coefficients, Activation::Relu)?;
         let s = self
             .fc2

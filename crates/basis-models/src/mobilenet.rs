@@ -393,10 +393,10 @@ impl MobileNet {
                 }
             };
         }
-        timing::span(
+        Ok(timing::span(
             || "global pool".into(),
-            || -> Result<Tensor> { Ok(basis_core::squeeze::squeeze(&x)?.f_flatten(1, -1)?) },
-        )
+            || x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1),
+        )?)
     }
 
     /// The classifier on pooled features.
