@@ -4,9 +4,17 @@
 //! are needed.
 
 use basis_core::{frozen, Activation, BasisConv2d, Conv2dGeometry, Strategy};
+use std::sync::{Mutex, MutexGuard};
 use tch::{nn, Device, Kind, Tensor};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
+
+/// Freezing is process-wide and a new generation starts only once every guard is gone:
+/// the tests of this file run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 struct Case {
     vs: nn::VarStore,
@@ -54,6 +62,7 @@ fn geometries() -> [Conv2dGeometry; 3] {
 
 #[test]
 fn frozen_folds_equal_folding_every_call() {
+    let _serial = serial();
     for (i, g) in geometries().into_iter().enumerate() {
         for batch in [1, 3] {
             let c = case(g, batch, i as i64);
@@ -75,6 +84,7 @@ fn frozen_folds_equal_folding_every_call() {
 
 #[test]
 fn weights_changed_between_generations_are_picked_up() {
+    let _serial = serial();
     let mut c = case(geometries()[0], 3, 5);
     let guard = frozen::freeze();
     let before = run(&c, &c.scale);
@@ -122,6 +132,7 @@ fn weights_changed_between_generations_are_picked_up() {
 
 #[test]
 fn gradients_reach_the_bank_while_frozen() {
+    let _serial = serial();
     let c = case(geometries()[0], 3, 9);
     let conv = BasisConv2d::new(
         &c.vs.root().sub("grad"),
