@@ -1,10 +1,15 @@
-//! Link libtorch, and compile the shim over oneDNN's fused convolution (cpp/fused.cpp).
+//! Link libtorch, and compile the shims: oneDNN's fused convolution (cpp/fused.cpp) and the per-sample
+//! 1x1 kernel (cpp/pointwise.cpp).
 
 fn main() {
     basis_link::libtorch();
     println!("cargo:rerun-if-changed=cpp/fused.cpp");
+    println!("cargo:rerun-if-changed=cpp/pointwise.cpp");
     let Some((mut build, _)) = basis_link::cxx() else {
         panic!("basis-core: torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)")
     };
-    build.file("cpp/fused.cpp").compile("basis_core_fused");
+    build
+        .file("cpp/fused.cpp")
+        .file("cpp/pointwise.cpp")
+        .compile("basis_core_fused");
 }

@@ -60,7 +60,7 @@ extern "C" {
 }
 
 /// A message from the shim (null: success) as a `Result`, freed.
-fn check(message: *mut c_char) -> Result<()> {
+pub(crate) fn check(message: *mut c_char) -> Result<()> {
     if message.is_null() {
         return Ok(());
     }
@@ -73,7 +73,7 @@ fn check(message: *mut c_char) -> Result<()> {
     Err(BasisError::Torch(tch::TchError::Torch(text)))
 }
 
-fn ptr(t: &Tensor) -> *mut C_tensor {
+pub(crate) fn ptr(t: &Tensor) -> *mut C_tensor {
     t.as_ptr() as *mut C_tensor
 }
 
@@ -84,7 +84,7 @@ pub(crate) fn grad_enabled() -> bool {
 }
 
 /// A tensor the shim allocated and hands over (or null).
-fn owned(out: *mut C_tensor) -> Option<Tensor> {
+pub(crate) fn owned(out: *mut C_tensor) -> Option<Tensor> {
     // SAFETY: a non-null `out` is a tensor the shim allocated for us to own.
     (!out.is_null()).then(|| unsafe { Tensor::from_ptr(out) })
 }
@@ -115,8 +115,15 @@ fn applies(input: &Tensor, weight: &Tensor, groups: i64) -> bool {
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
+/// Whether fused kernels are on ([`set_enabled`]): this module's and the per-sample 1x1
+/// kernel's (`crate::pointwise`).
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// Turn the fused path on or off for the whole process (on by default); off, every layer
-/// runs its convolution and activation apart, as eager libtorch does. For A/B measurements
+/// runs its convolution and activation apart, as eager libtorch does, and a basis layer's
+/// per-sample 1x1 convolution runs as synthesis, `baddbmm` and activation. For A/B measurements
 /// (`basisnet benchmark --fusion off`).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);

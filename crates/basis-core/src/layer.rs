@@ -4,6 +4,7 @@
 use crate::activation::Activation;
 use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
+use crate::pointwise;
 use crate::strategy::Strategy;
 use crate::synthesis;
 use crate::timing;
@@ -140,6 +141,18 @@ pub(crate) fn apply(
     };
     // The kernels that run one convolution take the activation (fused into it where
     // oneDNN can); after the others it is a pass of its own.
+    if strategy == Strategy::BatchedMatmul && pointwise::applies(input, &bank, geometry) {
+        let y = timing::span(
+            || work(geometry, (h, w), strategy, affine.is_some()),
+            || {
+                let alpha = alpha()?;
+                pointwise::forward(input, &alpha, &bank, biases(&alpha)?.as_ref(), act)
+            },
+        )?;
+        if let Some(y) = y {
+            return Ok(y);
+        }
+    }
     let kernel = match strategy {
         Strategy::PerSample => synthesis::per_sample,
         Strategy::BatchedMatmul => synthesis::batched_matmul,

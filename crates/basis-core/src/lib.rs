@@ -47,6 +47,7 @@ mod geometry;
 mod layer;
 mod layout;
 mod linear;
+mod pointwise;
 mod strategy;
 mod synthesis;
 pub mod timing;

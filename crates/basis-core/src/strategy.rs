@@ -16,7 +16,10 @@ pub enum Strategy {
     /// viewed as `(1, B*C, H, W)` and `groups = B * g` (timm's CondConv2d batching).
     GroupedConv,
     /// Synthesize all `B` kernels, then one batched matrix multiply; 1x1 kernels and linear
-    /// layers only.
+    /// layers only. At inference on fp32 CPU tensors (NCHW, stride 1, no padding) a 1x1
+    /// layer runs in one pass instead: each sample's kernel rows are synthesized in cache,
+    /// multiplied by oneDNN's batch-reduce GEMM, and the bias and activation applied to
+    /// each output block while it is in cache.
     BatchedMatmul,
     /// Run the input through all `N` bases (one convolution with `N * Cout` outputs), then mix
     /// the `N` outputs of each sample with its coefficients. No synthesis; `N` times the

@@ -1,0 +1,185 @@
+// The per-sample 1x1 convolution of a basis layer at inference, in one pass per block of
+// output channels: each sample's kernel rows are synthesized from the bank (rows read from
+// the L2 cache) into a thread-local buffer (never written to memory as a `[B, Cout, Cin]` tensor), multiplied
+// with the sample's input by libtorch's batch-reduce GEMM (`cpublas::brgemm`, oneDNN's
+// micro-kernel where libtorch has it, its own GEMM otherwise), and the bias and the
+// activation are applied while the block is in cache. Eager libtorch needs three passes
+// over memory for the same layer (synthesis, `baddbmm`, activation), and its batched GEMM
+// is MKL's, which runs its AVX2 code on AMD CPUs.
+//
+// fp32, CPU, contiguous NCHW input, no gradient: the caller checks these and runs the
+// autograd path otherwise. Every function catches C++ exceptions and returns them as a
+// malloc'ed message.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+char* message(const char* text) {
+  size_t n = std::strlen(text);
+  char* out = static_cast<char*>(std::malloc(n + 1));
+  if (out != nullptr) std::memcpy(out, text, n + 1);
+  return out;
+}
+
+// The bank rows one task synthesizes from (`N * rows * Cin` floats) stay within this many
+// bytes, so they are read from the core's L2 cache for every sample of the task: 8 rows for
+// a 960-channel input with N = 8, 64 rows (the most) for narrow inputs.
+constexpr int64_t kBankBytes = 384 * 1024;
+constexpr int64_t kMinRows = 8;
+constexpr int64_t kMaxRows = 64;
+// Output pixels per GEMM call: the block the epilogue reads back from cache.
+constexpr int64_t kColumns = 256;
+
+// `dst[k] = sum_i a[i] * bank[i * stride + k]` for `k < len`: one sample's kernel rows.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void synthesize(
+    float* dst, const float* bank, const float* a, int64_t num_bases, int64_t stride,
+    int64_t len) {
+  const float a0 = a[0];
+  for (int64_t k = 0; k < len; k++) dst[k] = a0 * bank[k];
+  for (int64_t i = 1; i < num_bases; i++) {
+    const float* src = bank + i * stride;
+    const float ai = a[i];
+    for (int64_t k = 0; k < len; k++) dst[k] += ai * src[k];
+  }
+}
+
+enum class Act { kNone, kRelu, kClamp, kHardswish, kHardsigmoid };
+
+// `y = act(y + bias[r])` over `rows` rows of `n` values, `ld` apart.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void epilogue(
+    float* y, int64_t rows, int64_t n, int64_t ld, const float* bias, Act act, float lower,
+    float upper) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float b = bias == nullptr ? 0.0f : bias[r];
+    float* p = y + r * ld;
+    switch (act) {
+      case Act::kNone:
+        for (int64_t j = 0; j < n; j++) p[j] += b;
+        break;
+      case Act::kRelu:
+        for (int64_t j = 0; j < n; j++) p[j] = std::max(p[j] + b, 0.0f);
+        break;
+      case Act::kClamp:
+        for (int64_t j = 0; j < n; j++) p[j] = std::min(std::max(p[j] + b, lower), upper);
+        break;
+      case Act::kHardswish:
+        for (int64_t j = 0; j < n; j++) {
+          const float v = p[j] + b;
+          p[j] = v * std::min(std::max(v + 3.0f, 0.0f), 6.0f) / 6.0f;
+        }
+        break;
+      case Act::kHardsigmoid:
+        for (int64_t j = 0; j < n; j++) {
+          p[j] = std::min(std::max(p[j] + b + 3.0f, 0.0f), 6.0f) / 6.0f;
+        }
+        break;
+    }
+  }
+}
+
+bool parse(const char* attr, Act* act) {
+  std::string a(attr);
+  if (a == "none") *act = Act::kNone;
+  else if (a == "relu") *act = Act::kRelu;
+  else if (a == "hardtanh") *act = Act::kClamp;
+  else if (a == "hardswish") *act = Act::kHardswish;
+  else if (a == "hardsigmoid") *act = Act::kHardsigmoid;
+  else return false;
+  return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+// `act(W_b x_b + bias_b)` for every sample `b` of `input` `[B, Cin, H, W]`, with
+// `W_b = sum_i alpha[b, i] * bank[i]` (`alpha` `[B, N]`, `bank` `[N, Cout, Cin, 1, 1]`,
+// `bias` `[B, Cout]` or null), written into a new `[B, Cout, H, W]` tensor `*out`. The
+// activation `attr` is named as for the fused convolution ("none", "relu", "hardtanh"
+// with `lower`/`upper`, "hardswish", "hardsigmoid"). Every tensor must be fp32, on the
+// CPU and contiguous; the caller checks (a mismatch is an error here, not a fallback).
+// Under CPU autocast `*out` stays null (autocast would run the GEMM in its own dtype) and
+// the caller runs the eager layers.
+char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank,
+                           at::Tensor* bias, const char* attr, double lower, double upper,
+                           at::Tensor** out) {
+  try {
+    *out = nullptr;
+    if (at::autocast::is_autocast_enabled(at::kCPU)) return nullptr;
+    const at::Tensor& x = *input;
+    const at::Tensor& a = *alpha;
+    const at::Tensor& w = *bank;
+    Act act;
+    if (!parse(attr, &act)) return message("the per-sample 1x1 kernel got an unknown activation");
+    bool fits = x.dim() == 4 && a.dim() == 2 && w.dim() == 5;
+    for (const at::Tensor* t : {&x, &a, &w}) {
+      fits = fits && t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous();
+    }
+    if (!fits) return message("the per-sample 1x1 kernel needs contiguous fp32 CPU operands of 4, 2 and 5 dimensions");
+    const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
+    const int64_t num_bases = w.size(0), cout = w.size(1);
+    fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin && w.size(3) == 1 &&
+           w.size(4) == 1;
+    if (bias != nullptr) {
+      fits = fits && bias->dim() == 2 && bias->size(0) == batch && bias->size(1) == cout &&
+             bias->scalar_type() == at::kFloat && bias->device().is_cpu() && bias->is_contiguous();
+    }
+    if (!fits) return message("the per-sample 1x1 kernel got operands whose shapes do not match");
+    at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
+    const float* xs = x.data_ptr<float>();
+    const float* as = a.data_ptr<float>();
+    const float* ws = w.data_ptr<float>();
+    const float* bs = bias == nullptr ? nullptr : bias->data_ptr<float>();
+    float* ys = y.data_ptr<float>();
+    // Tasks: a block of output channels for a run of samples. Each task synthesizes each of
+    // its samples' rows from the same bank rows (kept in L2); there are at least two tasks
+    // per thread where the batch allows.
+    const int64_t per_row = num_bases * cin * static_cast<int64_t>(sizeof(float));
+    const int64_t rows = std::min(std::max(kBankBytes / per_row / kMinRows * kMinRows, kMinRows),
+                                  std::min(kMaxRows, cout));
+    const int64_t blocks = (cout + rows - 1) / rows;
+    const int64_t threads = at::get_num_threads();
+    const int64_t runs = std::max<int64_t>(1, std::min(batch, (2 * threads + blocks - 1) / blocks));
+    const int64_t per_run = (batch + runs - 1) / runs;
+    const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
+    at::parallel_for(0, blocks * runs, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> kernel(static_cast<size_t>(rows * cin));
+      for (int64_t task = begin; task < end; task++) {
+        const int64_t r0 = (task / runs) * rows, run = task % runs;
+        const int64_t m = std::min(rows, cout - r0);
+        for (int64_t b = run * per_run; b < std::min(batch, (run + 1) * per_run); b++) {
+          synthesize(kernel.data(), ws + r0 * cin, as + b * num_bases, num_bases, cout * cin,
+                     m * cin);
+          const float* xb = xs + b * cin * hw;
+          float* yb = ys + (b * cout + r0) * hw;
+          const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
+          for (int64_t j = 0; j < hw; j += kColumns) {
+            const int64_t n = std::min(kColumns, hw - j);
+            at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false, kernel.data(), xb + j,
+                                        yb + j, false);
+            epilogue(yb + j, m, n, hw, bb, act, lo, hi);
+          }
+        }
+      }
+      at::native::cpublas::brgemm_release(false);
+    });
+    *out = new at::Tensor(std::move(y));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in the per-sample 1x1 kernel");
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,182 @@
+//! The per-sample 1x1 convolution in one pass at inference (`Strategy::BatchedMatmul` on
+//! fp32 CPU tensors without gradients): equal to the per-sample reference with the batch
+//! norm and every activation applied, across the kernel's row and column blocks; the
+//! activation fused only where the kernel runs; out of the way under CPU autocast.
+
+use basis_amp::{autocast, Precision};
+use basis_core::{fused, timing, Activation, BasisConv2d, Conv2dGeometry, Strategy};
+use std::sync::{Mutex, MutexGuard};
+use tch::{Device, Kind, Tensor};
+
+const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
+
+/// The fused switch and the profile are process-wide: the tests of this file run one at a
+/// time.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Case {
+    layer: BasisConv2d,
+    x: Tensor,
+    alpha: Tensor,
+    bank: Tensor,
+    bias: Option<Tensor>,
+    scale: Tensor,
+    shift: Tensor,
+}
+
+/// A 1x1 layer of `bases` bases from `cin` to `cout` channels on `batch` inputs of `hw`.
+fn case(cin: i64, cout: i64, hw: (i64, i64), batch: i64, bases: i64, bias: bool) -> Case {
+    tch::manual_seed(cin * 1000 + cout + batch);
+    let g = Conv2dGeometry::new(cin, cout, 1);
+    let bank = Tensor::randn([bases, cout, cin, 1, 1], CPU) / (cin as f64).sqrt();
+    let bias = bias.then(|| Tensor::randn([bases, cout], CPU));
+    let layer = BasisConv2d::from_bank(&bank, bias.as_ref(), g)
+        .unwrap()
+        .with_strategy(Strategy::BatchedMatmul);
+    Case {
+        layer,
+        x: Tensor::randn([batch, cin, hw.0, hw.1], CPU),
+        alpha: Tensor::randn([batch, bases], CPU).softmax(-1, Kind::Float),
+        bank,
+        bias,
+        scale: Tensor::rand([cout], CPU) + 0.5,
+        shift: Tensor::randn([cout], CPU),
+    }
+}
+
+/// Sample by sample: `W_b = sum_i alpha[b, i] W_i`, `conv2d`, the affine map, `act`.
+fn reference(c: &Case, act: Activation) -> Tensor {
+    let (batch, bases) = (c.x.size()[0], c.bank.size()[0]);
+    let outputs: Vec<Tensor> = (0..batch)
+        .map(|b| {
+            let a = c.alpha.get(b);
+            let mut w = c.bank.get(0) * a.get(0);
+            let mut bb = c.bias.as_ref().map(|t| t.get(0) * a.get(0));
+            for i in 1..bases {
+                w += c.bank.get(i) * a.get(i);
+                bb = bb.map(|acc| acc + c.bias.as_ref().unwrap().get(i) * a.get(i));
+            }
+            c.x.narrow(0, b, 1)
+                .conv2d(&w, bb.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+        })
+        .collect();
+    let y = Tensor::cat(&outputs, 0) * c.scale.view([1, -1, 1, 1]) + c.shift.view([1, -1, 1, 1]);
+    act.apply(y).unwrap()
+}
+
+fn ours(c: &Case, act: Activation) -> Tensor {
+    c.layer
+        .forward_fused(&c.x, Some(&c.alpha), Some((&c.scale, &c.shift)), act)
+        .unwrap()
+}
+
+/// `|ours - reference| <= 1e-4 * (1 + |reference|)` everywhere.
+fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
+    assert_eq!(ours.size(), reference.size(), "{what}: shape");
+    let excess = ((ours - reference).abs() - (reference.abs() + 1.0) * 1e-4)
+        .max()
+        .double_value(&[]);
+    assert!(excess <= 0.0, "{what}: exceeds 1e-4 by {excess:e}");
+}
+
+#[test]
+fn one_pass_kernel_equals_the_per_sample_reference() {
+    let _serial = serial();
+    let acts = [
+        Activation::Hardswish,
+        Activation::Relu,
+        Activation::RELU6,
+        Activation::Clamp {
+            lower: -0.5,
+            upper: 0.7,
+        },
+        Activation::Hardsigmoid,
+        Activation::Identity,
+    ];
+    // (cin, cout, hw, batch, bases, bias): several row blocks with a remainder (150 rows,
+    // 960 inputs: 8 rows per block), several column blocks with a remainder (400 and 272
+    // pixels), a batch of one, one basis, no bias.
+    let shapes = [
+        (200, 150, (20, 20), 3, 8, true),
+        (960, 20, (3, 3), 2, 8, true),
+        (16, 24, (5, 7), 1, 1, false),
+        (40, 130, (7, 7), 5, 4, true),
+        (12, 70, (17, 16), 4, 3, false),
+    ];
+    for (i, &(cin, cout, hw, batch, bases, bias)) in shapes.iter().enumerate() {
+        let c = case(cin, cout, hw, batch, bases, bias);
+        for act in acts.iter().skip(i % 2) {
+            let y = tch::no_grad(|| ours(&c, *act));
+            assert_close(
+                &format!("{cin}->{cout} on {hw:?}, batch {batch}, {bases} bases, {act:?}"),
+                &y,
+                &reference(&c, *act),
+            );
+        }
+    }
+}
+
+/// The names of the profile's entries for one fused call.
+fn profiled(f: impl FnOnce() -> Tensor) -> Vec<String> {
+    timing::enable(true);
+    let _ = timing::take();
+    let _ = f();
+    timing::enable(false);
+    timing::take().into_iter().map(|e| e.work).collect()
+}
+
+#[test]
+fn the_activation_is_fused_only_where_the_kernel_runs() {
+    let _serial = serial();
+    let c = case(24, 40, (9, 9), 4, 4, true);
+    let act = Activation::Hardswish;
+    let has_activation = |works: &[String]| works.iter().any(|w| w == "activation");
+
+    let one_pass = profiled(|| tch::no_grad(|| ours(&c, act)));
+    assert!(!has_activation(&one_pass), "one pass: {one_pass:?}");
+
+    fused::set_enabled(false);
+    let apart = profiled(|| tch::no_grad(|| ours(&c, act)));
+    fused::set_enabled(true);
+    assert!(has_activation(&apart), "fused kernels off: {apart:?}");
+
+    // Coefficients that need a gradient: the autograd path, whose result is the same.
+    let alpha = c.alpha.copy().set_requires_grad(true);
+    let mut graph = Vec::new();
+    let works = profiled(|| {
+        let y = c
+            .layer
+            .forward_fused(&c.x, Some(&alpha), Some((&c.scale, &c.shift)), act)
+            .unwrap();
+        graph.push(y.detach());
+        y
+    });
+    assert!(has_activation(&works), "gradient needed: {works:?}");
+    assert_close("autograd path", &graph[0], &reference(&c, act));
+}
+
+#[test]
+fn cpu_autocast_runs_the_eager_layers() {
+    let _serial = serial();
+    let c = case(32, 48, (6, 6), 3, 4, true);
+    let act = Activation::Relu;
+    let under = |on: bool| {
+        fused::set_enabled(on);
+        let y = autocast(Device::Cpu, Precision::Bf16, || {
+            tch::no_grad(|| ours(&c, act))
+        })
+        .unwrap();
+        fused::set_enabled(true);
+        y
+    };
+    let (with_kernel_on, eager) = (under(true), under(false));
+    assert_eq!(with_kernel_on.kind(), eager.kind());
+    let diff = (&with_kernel_on - &eager).abs().max().double_value(&[]);
+    assert!(
+        diff == 0.0,
+        "autocast: differs from the eager layers by {diff}"
+    );
+}
