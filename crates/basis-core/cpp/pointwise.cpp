@@ -1,4 +1,6 @@
-// The per-sample 1x1 convolution of a basis layer at inference, in one pass per block of
+// Per-sample kernels at inference through libtorch's batch-reduce GEMM.
+//
+// `bc_pointwise_forward`: the per-sample 1x1 convolution of a basis layer, in one pass per block of
 // output channels: each sample's kernel rows are synthesized from the bank (rows read from
 // the L2 cache) into a thread-local buffer (never written to memory as a `[B, Cout, Cin]` tensor), multiplied
 // with the sample's input by libtorch's batch-reduce GEMM (`cpublas::brgemm`, oneDNN's
@@ -7,8 +9,14 @@
 // over memory for the same layer (synthesis, `baddbmm`, activation), and its batched GEMM
 // is MKL's, which runs its AVX2 code on AMD CPUs.
 //
-// fp32, CPU, contiguous NCHW input, no gradient: the caller checks these and runs the
-// autograd path otherwise. Every function catches C++ exceptions and returns them as a
+// `bc_dense_forward`: a basis layer on one vector per sample (a linear layer, or a 1x1
+// convolution on a 1x1 input such as squeeze-excite's): for each block of output features,
+// the GEMMs of the N bases accumulate into one `[rows, B]` block whose inputs are each
+// sample's vector scaled by its coefficient; the work of running every basis on every
+// sample, without writing the `[B, N, Cout]` outputs that are mixed afterwards.
+//
+// fp32, CPU, contiguous operands (NCHW for the convolution), no gradient: the caller checks
+// these and runs the autograd path otherwise. Every function catches C++ exceptions and returns them as a
 // malloc'ed message.
 
 #include <ATen/ATen.h>
@@ -37,6 +45,9 @@ char* message(const char* text) {
 constexpr int64_t kBankBytes = 384 * 1024;
 constexpr int64_t kMinRows = 8;
 constexpr int64_t kMaxRows = 64;
+// Output features per task of the dense kernel (each task accumulates N GEMMs of this many
+// rows by the batch's columns).
+constexpr int64_t kDenseRows = 128;
 // Output pixels per GEMM call: the block the epilogue reads back from cache.
 constexpr int64_t kColumns = 256;
 
@@ -179,6 +190,65 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     return message(e.what());
   } catch (...) {
     return message("unknown C++ exception in the per-sample 1x1 kernel");
+  }
+}
+
+// `y[b] = sum_i alpha[b, i] * bank[i] x[b] + bias[b]` for `x` `[B, Cin]`, `alpha` `[B, N]`,
+// `bank` `[N, Cout, Cin]` and `bias` `[B, Cout]` or null, into a new `[B, Cout]` tensor
+// `*out`. Requirements as for `bc_pointwise_forward` (null `*out` under CPU autocast).
+char* bc_dense_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank, at::Tensor* bias,
+                       at::Tensor** out) {
+  try {
+    *out = nullptr;
+    if (at::autocast::is_autocast_enabled(at::kCPU)) return nullptr;
+    const at::Tensor& x = *input;
+    const at::Tensor& a = *alpha;
+    const at::Tensor& w = *bank;
+    bool fits = x.dim() == 2 && a.dim() == 2 && w.dim() == 3;
+    for (const at::Tensor* t : {&x, &a, &w}) {
+      fits = fits && t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous();
+    }
+    if (!fits) return message("the per-sample dense kernel needs contiguous fp32 CPU operands of 2, 2 and 3 dimensions");
+    const int64_t batch = x.size(0), cin = x.size(1), num_bases = w.size(0), cout = w.size(1);
+    fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin;
+    if (bias != nullptr) {
+      fits = fits && bias->dim() == 2 && bias->size(0) == batch && bias->size(1) == cout &&
+             bias->scalar_type() == at::kFloat && bias->device().is_cpu() && bias->is_contiguous();
+    }
+    if (!fits) return message("the per-sample dense kernel got operands whose shapes do not match");
+    // scaled[i, k, b] = alpha[b, i] * x[b, k]: basis i's GEMM input, samples as columns.
+    at::Tensor scaled = (a.t().unsqueeze(1) * x.t().unsqueeze(0)).contiguous();
+    at::Tensor y = at::empty({batch, cout}, x.options());
+    const float* ss = scaled.data_ptr<float>();
+    const float* ws = w.data_ptr<float>();
+    const float* bs = bias == nullptr ? nullptr : bias->data_ptr<float>();
+    float* ys = y.data_ptr<float>();
+    const int64_t rows = std::min(kDenseRows, cout);
+    const int64_t blocks = (cout + rows - 1) / rows;
+    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> block(static_cast<size_t>(rows * batch));
+      for (int64_t task = begin; task < end; task++) {
+        const int64_t o0 = task * rows, m = std::min(rows, cout - o0);
+        for (int64_t i = 0; i < num_bases; i++) {
+          at::native::cpublas::brgemm(m, batch, cin, cin, batch, batch, i > 0,
+                                      ws + (i * cout + o0) * cin, ss + i * cin * batch,
+                                      block.data(), false);
+        }
+        for (int64_t b = 0; b < batch; b++) {
+          float* yb = ys + b * cout + o0;
+          for (int64_t r = 0; r < m; r++) {
+            yb[r] = block[r * batch + b] + (bs == nullptr ? 0.0f : bs[b * cout + o0 + r]);
+          }
+        }
+      }
+      at::native::cpublas::brgemm_release(false);
+    });
+    *out = new at::Tensor(std::move(y));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return message(e.what());
+  } catch (...) {
+    return message("unknown C++ exception in the per-sample dense kernel");
   }
 }
 

@@ -196,7 +196,8 @@ pub(crate) fn is_dense_on_one_pixel(g: &Conv2dGeometry, input_hw: (i64, i64)) ->
 
 /// Linear layers: every basis in one matrix multiply (`[B, in] x [in, N*out]`), then each
 /// sample's `N` outputs mixed by its coefficients: the multiply-adds of synthesis without
-/// writing `B` weight matrices. `x` `[B, in]`, bank `[N, out, in]`, each sample's bias
+/// writing `B` weight matrices (at inference, one pass that does not write the `N` outputs
+/// either: `crate::pointwise`). `x` `[B, in]`, bank `[N, out, in]`, each sample's bias
 /// `[B, out]`.
 pub(crate) fn mix_outputs_dense(
     x: &Tensor,
@@ -204,6 +205,11 @@ pub(crate) fn mix_outputs_dense(
     bank: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Tensor> {
+    if crate::pointwise::dense_applies(x, bank) {
+        if let Some(y) = crate::pointwise::dense_forward(x, coefficients, bank, bias)? {
+            return Ok(y);
+        }
+    }
     let batch = x.size()[0];
     let (n, out, inp) = bank.size3()?;
     let all = x

@@ -1,10 +1,13 @@
 //! The per-sample 1x1 convolution in one pass at inference (`Strategy::BatchedMatmul` on
 //! fp32 CPU tensors without gradients): equal to the per-sample reference with the batch
 //! norm and every activation applied, across the kernel's row and column blocks; the
-//! activation fused only where the kernel runs; out of the way under CPU autocast.
+//! activation fused only where the kernel runs; out of the way under CPU autocast. And the
+//! one-pass kernel of layers on one vector per sample (linear layers, 1x1 convolutions on
+//! a 1x1 input, `Strategy::MixOutputs`): equal to the reference, out of the way under
+//! autocast.
 
 use basis_amp::{autocast, Precision};
-use basis_core::{fused, timing, Activation, BasisConv2d, Conv2dGeometry, Strategy};
+use basis_core::{fused, timing, Activation, BasisConv2d, BasisLinear, Conv2dGeometry, Strategy};
 use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
@@ -167,6 +170,91 @@ fn cpu_autocast_runs_the_eager_layers() {
         fused::set_enabled(on);
         let y = autocast(Device::Cpu, Precision::Bf16, || {
             tch::no_grad(|| ours(&c, act))
+        })
+        .unwrap();
+        fused::set_enabled(true);
+        y
+    };
+    let (with_kernel_on, eager) = (under(true), under(false));
+    assert_eq!(with_kernel_on.kind(), eager.kind());
+    let diff = (&with_kernel_on - &eager).abs().max().double_value(&[]);
+    assert!(
+        diff == 0.0,
+        "autocast: differs from the eager layers by {diff}"
+    );
+}
+
+/// Sample by sample: `y_b = (sum_i alpha[b, i] W_i) x_b + sum_i alpha[b, i] bias_i`.
+fn reference_linear(x: &Tensor, alpha: &Tensor, bank: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let rows: Vec<Tensor> = (0..x.size()[0])
+        .map(|b| {
+            let a = alpha.get(b).view([-1, 1, 1]);
+            let w = (bank * &a).sum_dim_intlist(0, false, Kind::Float);
+            let y = x.get(b).unsqueeze(0).linear(&w, None::<Tensor>);
+            match bias {
+                Some(bb) => y + (bb * a.view([-1, 1])).sum_dim_intlist(0, false, Kind::Float),
+                None => y,
+            }
+        })
+        .collect();
+    Tensor::cat(&rows, 0)
+}
+
+#[test]
+fn dense_kernel_equals_the_per_sample_reference() {
+    let _serial = serial();
+    // (in, out, batch, bases, bias): several blocks of 128 outputs with a remainder, a
+    // batch of two (the smallest the kernel takes), a batch of one (libtorch's GEMM), one
+    // basis.
+    for &(inp, out, batch, bases, bias) in &[
+        (960, 300, 5, 8, true),
+        (24, 72, 2, 4, false),
+        (40, 130, 1, 3, true),
+        (64, 10, 7, 1, true),
+    ] {
+        tch::manual_seed(inp + out);
+        let bank = Tensor::randn([bases, out, inp], CPU) / (inp as f64).sqrt();
+        let bias_bank = bias.then(|| Tensor::randn([bases, out], CPU));
+        let x = Tensor::randn([batch, inp], CPU);
+        let alpha = Tensor::randn([batch, bases], CPU).softmax(-1, Kind::Float);
+        let expected = reference_linear(&x, &alpha, &bank, bias_bank.as_ref());
+        let what = format!("{inp}->{out}, batch {batch}, {bases} bases");
+
+        let linear = BasisLinear::from_bank(&bank, bias_bank.as_ref()).unwrap();
+        let y = tch::no_grad(|| linear.forward_with(&x, &alpha, Strategy::MixOutputs)).unwrap();
+        assert_close(&format!("linear {what}"), &y, &expected);
+
+        // The same layer as a 1x1 convolution on a 1x1 input (squeeze-excite's).
+        let g = Conv2dGeometry::new(inp, out, 1);
+        let conv =
+            BasisConv2d::from_bank(&bank.view([bases, out, inp, 1, 1]), bias_bank.as_ref(), g)
+                .unwrap()
+                .with_strategy(Strategy::MixOutputs);
+        let y = tch::no_grad(|| conv.forward(&x.view([batch, inp, 1, 1]), &alpha)).unwrap();
+        assert_close(
+            &format!("1x1 conv {what}"),
+            &y.view([batch, out]),
+            &expected,
+        );
+    }
+}
+
+#[test]
+fn cpu_autocast_runs_the_eager_dense_layers() {
+    let _serial = serial();
+    tch::manual_seed(5);
+    let bank = Tensor::randn([4, 40, 30], CPU);
+    let linear = BasisLinear::from_bank(&bank, None).unwrap();
+    let x = Tensor::randn([6, 30], CPU);
+    let alpha = Tensor::rand([6, 4], CPU);
+    let under = |on: bool| {
+        fused::set_enabled(on);
+        let y = autocast(Device::Cpu, Precision::Bf16, || {
+            tch::no_grad(|| {
+                linear
+                    .forward_with(&x, &alpha, Strategy::MixOutputs)
+                    .unwrap()
+            })
         })
         .unwrap();
         fused::set_enabled(true);
