@@ -152,30 +152,36 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     const float* ws = w.data_ptr<float>();
     const float* bs = bias == nullptr ? nullptr : bias->data_ptr<float>();
     float* ys = y.data_ptr<float>();
-    // Tasks: a block of output channels for a run of samples. Each task synthesizes each of
-    // its samples' rows from the same bank rows (kept in L2); there are at least two tasks
-    // per thread where the batch allows.
+    // Tasks: a block of output channels for a run of samples (and, where that gives fewer
+    // than two tasks per thread, as at batch 1, a range of output pixels). Each task
+    // synthesizes each of its samples' rows from the same bank rows (kept in L2).
     const int64_t per_row = num_bases * cin * static_cast<int64_t>(sizeof(float));
     const int64_t rows = std::min(std::max(kBankBytes / per_row / kMinRows * kMinRows, kMinRows),
                                   std::min(kMaxRows, cout));
     const int64_t blocks = (cout + rows - 1) / rows;
-    const int64_t threads = at::get_num_threads();
-    const int64_t runs = std::max<int64_t>(1, std::min(batch, (2 * threads + blocks - 1) / blocks));
+    const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
+    const int64_t runs = std::max<int64_t>(1, std::min(batch, (wanted + blocks - 1) / blocks));
     const int64_t per_run = (batch + runs - 1) / runs;
+    const int64_t column_blocks = (hw + kColumns - 1) / kColumns;
+    const int64_t splits =
+        std::max<int64_t>(1, std::min(column_blocks, (wanted + blocks * runs - 1) / (blocks * runs)));
+    const int64_t per_split = (column_blocks + splits - 1) / splits * kColumns;
     const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
-    at::parallel_for(0, blocks * runs, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, blocks * runs * splits, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> kernel(static_cast<size_t>(rows * cin));
       for (int64_t task = begin; task < end; task++) {
-        const int64_t r0 = (task / runs) * rows, run = task % runs;
+        const int64_t split = task % splits, run = task / splits % runs;
+        const int64_t r0 = task / splits / runs * rows;
         const int64_t m = std::min(rows, cout - r0);
+        const int64_t j_end = std::min(hw, (split + 1) * per_split);
         for (int64_t b = run * per_run; b < std::min(batch, (run + 1) * per_run); b++) {
           synthesize(kernel.data(), ws + r0 * cin, as + b * num_bases, num_bases, cout * cin,
                      m * cin);
           const float* xb = xs + b * cin * hw;
           float* yb = ys + (b * cout + r0) * hw;
           const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
-          for (int64_t j = 0; j < hw; j += kColumns) {
-            const int64_t n = std::min(kColumns, hw - j);
+          for (int64_t j = split * per_split; j < j_end; j += kColumns) {
+            const int64_t n = std::min(kColumns, j_end - j);
             at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false, kernel.data(), xb + j,
                                         yb + j, false);
             epilogue(yb + j, m, n, hw, bb, act, lo, hi);
