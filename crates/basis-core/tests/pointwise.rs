@@ -101,13 +101,15 @@ fn one_pass_kernel_equals_the_per_sample_reference() {
     ];
     // (cin, cout, hw, batch, bases, bias): several row blocks with a remainder (150 rows,
     // 960 inputs: 8 rows per block), several column blocks with a remainder (400 and 272
-    // pixels), a batch of one, one basis, no bias.
+    // pixels), a batch of one, one basis, no bias, pixels split between threads.
     let shapes = [
         (200, 150, (20, 20), 3, 8, true),
         (960, 20, (3, 3), 2, 8, true),
         (16, 24, (5, 7), 1, 1, false),
         (40, 130, (7, 7), 5, 4, true),
         (12, 70, (17, 16), 4, 3, false),
+        // One row block and one sample: the pixels are split between the threads.
+        (16, 40, (24, 24), 1, 4, true),
     ];
     for (i, &(cin, cout, hw, batch, bases, bias)) in shapes.iter().enumerate() {
         let c = case(cin, cout, hw, batch, bases, bias);
