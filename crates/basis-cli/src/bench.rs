@@ -85,9 +85,10 @@ pub struct BenchArgs {
     /// Memory layout of the static network's or the specialist's activations.
     #[arg(long, value_enum, default_value = "auto")]
     layout: LayoutArg,
-    /// Fused inference convolutions (convolution, folded batch norm and activation in one
+    /// Fused inference kernels (convolution, folded batch norm and activation in one
     /// oneDNN pass, CPU; static layers' kernels prepacked while the timed loop runs
-    /// frozen): `off` runs them apart as eager libtorch does, for A/B runs.
+    /// frozen; basis layers' per-sample 1x1 and dense layers in one pass through oneDNN's
+    /// batch-reduce GEMM): `off` runs them apart as eager libtorch does, for A/B runs.
     #[arg(long, value_enum, default_value = "on")]
     fusion: Switch,
     /// Timed batches (after the warm-up).
