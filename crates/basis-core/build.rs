@@ -5,6 +5,7 @@ fn main() {
     basis_link::libtorch();
     println!("cargo:rerun-if-changed=cpp/fused.cpp");
     println!("cargo:rerun-if-changed=cpp/pointwise.cpp");
+    println!("cargo:rerun-if-changed=cpp/shim.h");
     let Some((mut build, _)) = basis_link::cxx() else {
         panic!("basis-core: torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)")
     };

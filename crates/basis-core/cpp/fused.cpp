@@ -9,6 +9,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/GradMode.h>
 
+#include "shim.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -16,12 +18,7 @@
 
 namespace {
 
-char* message(const char* text) {
-  size_t n = std::strlen(text);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) std::memcpy(out, text, n + 1);
-  return out;
-}
+using basis_shim::message;
 
 using Pointwise = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                              at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, int64_t,

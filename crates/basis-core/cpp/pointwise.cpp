@@ -1,13 +1,13 @@
 // Per-sample kernels at inference through libtorch's batch-reduce GEMM.
 //
-// `bc_pointwise_forward`: the per-sample 1x1 convolution of a basis layer, in one pass per block of
-// output channels: each sample's kernel rows are synthesized from the bank (rows read from
-// the L2 cache) into a thread-local buffer (never written to memory as a `[B, Cout, Cin]` tensor), multiplied
-// with the sample's input by libtorch's batch-reduce GEMM (`cpublas::brgemm`, oneDNN's
-// micro-kernel where libtorch has it, its own GEMM otherwise), and the bias and the
-// activation are applied while the block is in cache. Eager libtorch needs three passes
-// over memory for the same layer (synthesis, `baddbmm`, activation), and its batched GEMM
-// is MKL's, which runs its AVX2 code on AMD CPUs.
+// `bc_pointwise_forward`: the per-sample 1x1 convolution of a basis layer, in one pass per
+// block of output channels: each sample's kernel rows are synthesized from the bank (rows
+// read from the L2 cache) into a thread-local buffer (never written to memory as a
+// `[B, Cout, Cin]` tensor), multiplied with the sample's input by libtorch's batch-reduce
+// GEMM (`cpublas::brgemm`, oneDNN's micro-kernel where libtorch has it, its own GEMM
+// otherwise), and the bias and the activation are applied while the block is in cache.
+// Eager libtorch needs three passes over memory for the same layer (synthesis, `baddbmm`,
+// activation), and its batched GEMM is MKL's, which runs its AVX2 code on AMD CPUs.
 //
 // `bc_dense_forward`: a basis layer on one vector per sample (a linear layer, or a 1x1
 // convolution on a 1x1 input such as squeeze-excite's): for each block of output features,
@@ -16,8 +16,7 @@
 // sample, without writing the `[B, N, Cout]` outputs that are mixed afterwards.
 //
 // fp32, CPU, contiguous operands (NCHW for the convolution), no gradient: the caller checks
-// these and runs the autograd path otherwise. Every function catches C++ exceptions and returns them as a
-// malloc'ed message.
+// these and runs the autograd path otherwise. Errors come back as messages (`shim.h`).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,18 +24,24 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 
+#include "shim.h"
+
 namespace {
 
-char* message(const char* text) {
-  size_t n = std::strlen(text);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) std::memcpy(out, text, n + 1);
-  return out;
+using basis_shim::message;
+
+// A contiguous fp32 CPU tensor of `dim` dimensions.
+bool plain(const at::Tensor& t, int64_t dim) {
+  return t.dim() == dim && t.scalar_type() == at::kFloat && t.device().is_cpu() &&
+         t.is_contiguous();
+}
+
+// No bias, or a plain `[batch, cout]` one.
+bool bias_fits(const at::Tensor* bias, int64_t batch, int64_t cout) {
+  return bias == nullptr || (plain(*bias, 2) && bias->size(0) == batch && bias->size(1) == cout);
 }
 
 // The bank rows one task synthesizes from (`N * rows * Cin` floats) stay within this many
@@ -124,7 +129,7 @@ extern "C" {
 char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank,
                            at::Tensor* bias, const char* attr, double lower, double upper,
                            at::Tensor** out) {
-  try {
+  return basis_shim::guarded("the per-sample 1x1 kernel", [&]() -> char* {
     *out = nullptr;
     if (at::autocast::is_autocast_enabled(at::kCPU)) return nullptr;
     const at::Tensor& x = *input;
@@ -132,19 +137,11 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     const at::Tensor& w = *bank;
     Act act;
     if (!parse(attr, &act)) return message("the per-sample 1x1 kernel got an unknown activation");
-    bool fits = x.dim() == 4 && a.dim() == 2 && w.dim() == 5;
-    for (const at::Tensor* t : {&x, &a, &w}) {
-      fits = fits && t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous();
-    }
-    if (!fits) return message("the per-sample 1x1 kernel needs contiguous fp32 CPU operands of 4, 2 and 5 dimensions");
+    if (!(plain(x, 4) && plain(a, 2) && plain(w, 5))) return message("the per-sample 1x1 kernel needs contiguous fp32 CPU operands of 4, 2 and 5 dimensions");
     const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
     const int64_t num_bases = w.size(0), cout = w.size(1);
-    fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin && w.size(3) == 1 &&
-           w.size(4) == 1;
-    if (bias != nullptr) {
-      fits = fits && bias->dim() == 2 && bias->size(0) == batch && bias->size(1) == cout &&
-             bias->scalar_type() == at::kFloat && bias->device().is_cpu() && bias->is_contiguous();
-    }
+    const bool fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin &&
+                      w.size(3) == 1 && w.size(4) == 1 && bias_fits(bias, batch, cout);
     if (!fits) return message("the per-sample 1x1 kernel got operands whose shapes do not match");
     at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
     const float* xs = x.data_ptr<float>();
@@ -192,11 +189,7 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     });
     *out = new at::Tensor(std::move(y));
     return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception in the per-sample 1x1 kernel");
-  }
+  });
 }
 
 // `y[b] = sum_i alpha[b, i] * bank[i] x[b] + bias[b]` for `x` `[B, Cin]`, `alpha` `[B, N]`,
@@ -204,23 +197,16 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
 // `*out`. Requirements as for `bc_pointwise_forward` (null `*out` under CPU autocast).
 char* bc_dense_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank, at::Tensor* bias,
                        at::Tensor** out) {
-  try {
+  return basis_shim::guarded("the per-sample dense kernel", [&]() -> char* {
     *out = nullptr;
     if (at::autocast::is_autocast_enabled(at::kCPU)) return nullptr;
     const at::Tensor& x = *input;
     const at::Tensor& a = *alpha;
     const at::Tensor& w = *bank;
-    bool fits = x.dim() == 2 && a.dim() == 2 && w.dim() == 3;
-    for (const at::Tensor* t : {&x, &a, &w}) {
-      fits = fits && t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous();
-    }
-    if (!fits) return message("the per-sample dense kernel needs contiguous fp32 CPU operands of 2, 2 and 3 dimensions");
+    if (!(plain(x, 2) && plain(a, 2) && plain(w, 3))) return message("the per-sample dense kernel needs contiguous fp32 CPU operands of 2, 2 and 3 dimensions");
     const int64_t batch = x.size(0), cin = x.size(1), num_bases = w.size(0), cout = w.size(1);
-    fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin;
-    if (bias != nullptr) {
-      fits = fits && bias->dim() == 2 && bias->size(0) == batch && bias->size(1) == cout &&
-             bias->scalar_type() == at::kFloat && bias->device().is_cpu() && bias->is_contiguous();
-    }
+    const bool fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin &&
+                      bias_fits(bias, batch, cout);
     if (!fits) return message("the per-sample dense kernel got operands whose shapes do not match");
     // scaled[i, k, b] = alpha[b, i] * x[b, k]: basis i's GEMM input, samples as columns.
     at::Tensor scaled = (a.t().unsqueeze(1) * x.t().unsqueeze(0)).contiguous();
@@ -251,11 +237,7 @@ char* bc_dense_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank, a
     });
     *out = new at::Tensor(std::move(y));
     return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception in the per-sample dense kernel");
-  }
+  });
 }
 
 }  // extern "C"

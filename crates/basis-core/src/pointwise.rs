@@ -75,6 +75,24 @@ pub(crate) fn applies(input: &Tensor, bank: &Tensor, geometry: &Conv2dGeometry) 
         && !is_channels_last(input)
 }
 
+/// The coefficients, bank and bias as the kernels read them (contiguous), or `None` when
+/// the coefficients or the bias need a gradient (the kernels have no backward).
+fn operands(
+    alpha: &Tensor,
+    bank: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Option<(Tensor, Tensor, Option<Tensor>)>> {
+    let gradient = [Some(alpha), bias]
+        .into_iter()
+        .flatten()
+        .any(Tensor::requires_grad);
+    if gradient && grad_enabled() {
+        return Ok(None);
+    }
+    let bias = bias.map(Tensor::f_contiguous).transpose()?;
+    Ok(Some((alpha.f_contiguous()?, bank.f_contiguous()?, bias)))
+}
+
 /// `act(W_b x_b + bias_b)` with `W_b = sum_i alpha[b, i] * bank[i]` for every sample `b` of
 /// `input` `[B, Cin, H, W]` (`alpha` `[B, N]`, `bank` `[N, Cout, Cin, 1, 1]`, `bias`
 /// `[B, Cout]`), where [`applies`] holds; `None` under CPU autocast (the caller then runs
@@ -86,16 +104,9 @@ pub(crate) fn forward(
     bias: Option<&Tensor>,
     act: Activation,
 ) -> Result<Option<Tensor>> {
-    let alpha = alpha.f_contiguous()?;
-    let bank = bank.f_contiguous()?;
-    let bias = bias.map(Tensor::f_contiguous).transpose()?;
-    let gradient = [Some(&alpha), bias.as_ref()]
-        .into_iter()
-        .flatten()
-        .any(Tensor::requires_grad);
-    if gradient && grad_enabled() {
+    let Some((alpha, bank, bias)) = operands(alpha, bank, bias)? else {
         return Ok(None);
-    }
+    };
     let (attr, lower, upper) = act.onednn();
     let attr = CString::new(attr).map_err(|e| BasisError::Config(e.to_string()))?;
     let mut out: *mut C_tensor = std::ptr::null_mut();
@@ -140,16 +151,9 @@ pub(crate) fn dense_forward(
     bias: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let x = x.f_contiguous()?;
-    let alpha = alpha.f_contiguous()?;
-    let bank = bank.f_contiguous()?;
-    let bias = bias.map(Tensor::f_contiguous).transpose()?;
-    let gradient = [Some(&alpha), bias.as_ref()]
-        .into_iter()
-        .flatten()
-        .any(Tensor::requires_grad);
-    if gradient && grad_enabled() {
+    let Some((alpha, bank, bias)) = operands(alpha, bank, bias)? else {
         return Ok(None);
-    }
+    };
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: as in `forward`.
     check(unsafe {
