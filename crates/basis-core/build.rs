@@ -1,5 +1,5 @@
-//! Link libtorch, and compile the shims: oneDNN's fused convolution (cpp/fused.cpp) and the per-sample
-//! 1x1 kernel (cpp/pointwise.cpp).
+//! Link libtorch, and compile the shims: oneDNN's fused convolution (cpp/fused.cpp) and the
+//! per-sample 1x1 and dense kernels (cpp/pointwise.cpp), with what they share (cpp/shim.h).
 
 fn main() {
     basis_link::libtorch();

@@ -115,16 +115,16 @@ fn applies(input: &Tensor, weight: &Tensor, groups: i64) -> bool {
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Whether fused kernels are on ([`set_enabled`]): this module's and the per-sample 1x1
-/// kernel's (`crate::pointwise`).
+/// Whether fused kernels are on ([`set_enabled`]): this module's and the per-sample 1x1 and
+/// dense kernels' (`crate::pointwise`).
 pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
 /// Turn the fused path on or off for the whole process (on by default); off, every layer
 /// runs its convolution and activation apart, as eager libtorch does, and a basis layer's
-/// per-sample 1x1 convolution runs as synthesis, `baddbmm` and activation. For A/B measurements
-/// (`basisnet benchmark --fusion off`).
+/// per-sample 1x1 convolution runs as synthesis, `baddbmm` and activation (its linear
+/// layers as `linear` and a mix). For A/B measurements (`basisnet benchmark --fusion off`).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }

@@ -23,7 +23,9 @@ pub enum Strategy {
     BatchedMatmul,
     /// Run the input through all `N` bases (one convolution with `N * Cout` outputs), then mix
     /// the `N` outputs of each sample with its coefficients. No synthesis; `N` times the
-    /// convolution's work.
+    /// convolution's work. On one vector per sample (linear layers, 1x1 kernels on a 1x1
+    /// input) at inference in fp32 on the CPU, from batch 2, the `N` GEMMs accumulate per
+    /// block of outputs instead, without writing the `N` outputs.
     MixOutputs,
     /// One kernel for the whole batch: valid when there is a single coefficient row (a fixed
     /// specialist, `B = 1`, `N = 1`), or, without gradients, when every row is equal.
