@@ -118,6 +118,10 @@ bool parse(const char* attr, Act* act) {
 
 extern "C" {
 
+// 1 while CPU autocast is on for this thread: the kernels step aside (autocast would run
+// the eager layers' GEMMs in its own dtype), checked before their arguments are built.
+int bc_cpu_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCPU) ? 1 : 0; }
+
 // `act(W_b x_b + bias_b)` for every sample `b` of `input` `[B, Cin, H, W]`, with
 // `W_b = sum_i alpha[b, i] * bank[i]` (`alpha` `[B, N]`, `bank` `[N, Cout, Cin, 1, 1]`,
 // `bias` `[B, Cout]` or null), written into a new `[B, Cout, H, W]` tensor `*out`. The

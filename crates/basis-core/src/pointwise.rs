@@ -48,6 +48,7 @@ extern "C" {
         upper: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn bc_cpu_autocast_enabled() -> std::os::raw::c_int;
     fn bc_dense_forward(
         input: *mut C_tensor,
         alpha: *mut C_tensor,
@@ -55,6 +56,12 @@ extern "C" {
         bias: *mut C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+}
+
+/// Whether CPU autocast is on for this thread (the kernels then step aside).
+fn cpu_autocast() -> bool {
+    // SAFETY: no arguments; reads a thread-local flag.
+    unsafe { bc_cpu_autocast_enabled() == 1 }
 }
 
 /// Whether the one-pass kernel gives the eager result for these operands (see the module's
@@ -67,6 +74,7 @@ pub(crate) fn applies(input: &Tensor, bank: &Tensor, geometry: &Conv2dGeometry) 
     let fp32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
     let no_grad = !grad_enabled() || !(input.requires_grad() || bank.requires_grad());
     enabled()
+        && !cpu_autocast()
         && plain
         && no_grad
         && fp32_cpu(input)
@@ -134,6 +142,7 @@ pub(crate) fn dense_applies(x: &Tensor, bank: &Tensor) -> bool {
     let fp32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
     let no_grad = !grad_enabled() || !(x.requires_grad() || bank.requires_grad());
     enabled()
+        && !cpu_autocast()
         && no_grad
         && fp32_cpu(x)
         && fp32_cpu(bank)
