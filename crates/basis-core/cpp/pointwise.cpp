@@ -2,7 +2,7 @@
 //
 // `bc_pointwise_forward`: the per-sample 1x1 convolution of a basis layer, in one pass per
 // block of output channels: each sample's kernel rows are synthesized from the bank (rows
-// read from the L2 cache) into a thread-local buffer (never written to memory as a
+// read from the L2 cache, each read serving four samples) into a thread-local buffer (never written to memory as a
 // `[B, Cout, Cin]` tensor), multiplied with the sample's input by libtorch's batch-reduce
 // GEMM (`cpublas::brgemm`, oneDNN's micro-kernel where libtorch has it, its own GEMM
 // otherwise), and the bias and the activation are applied while the block is in cache.
@@ -56,16 +56,45 @@ constexpr int64_t kDenseRows = 128;
 // Output pixels per GEMM call: the block the epilogue reads back from cache.
 constexpr int64_t kColumns = 256;
 
-// `dst[k] = sum_i a[i] * bank[i * stride + k]` for `k < len`: one sample's kernel rows.
+// Samples whose kernel rows are synthesized together: each bank vector read from the L2
+// cache serves this many samples (the read, not the multiply-add, bounds the synthesis).
+constexpr int64_t kGroup = 4;
+
+// Sixteen floats: one AVX-512 register, two AVX2 ones (GCC and Clang vector extensions).
+typedef float Vec16 __attribute__((vector_size(64)));
+
+// `dst[s * dst_stride + k] = sum_i coef[s * num_bases + i] * bank[i * stride + k]` for
+// `k < len` and `s < count` (at most `kGroup`): a group of samples' kernel rows. `coef`
+// holds `kGroup` rows of `num_bases` coefficients (rows past `count` are zeros).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void synthesize(
-    float* dst, const float* bank, const float* a, int64_t num_bases, int64_t stride,
-    int64_t len) {
-  const float a0 = a[0];
-  for (int64_t k = 0; k < len; k++) dst[k] = a0 * bank[k];
-  for (int64_t i = 1; i < num_bases; i++) {
-    const float* src = bank + i * stride;
-    const float ai = a[i];
-    for (int64_t k = 0; k < len; k++) dst[k] += ai * src[k];
+    float* dst, int64_t dst_stride, int64_t count, const float* bank, const float* coef,
+    int64_t num_bases, int64_t stride, int64_t len) {
+  const float* c0 = coef;
+  const float* c1 = coef + num_bases;
+  const float* c2 = coef + 2 * num_bases;
+  const float* c3 = coef + 3 * num_bases;
+  int64_t k = 0;
+  for (; k + 16 <= len; k += 16) {
+    Vec16 acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
+    for (int64_t i = 0; i < num_bases; i++) {
+      Vec16 v;
+      __builtin_memcpy(&v, bank + i * stride + k, sizeof v);
+      acc0 += c0[i] * v;
+      acc1 += c1[i] * v;
+      acc2 += c2[i] * v;
+      acc3 += c3[i] * v;
+    }
+    __builtin_memcpy(dst + k, &acc0, sizeof acc0);
+    if (count > 1) __builtin_memcpy(dst + dst_stride + k, &acc1, sizeof acc1);
+    if (count > 2) __builtin_memcpy(dst + 2 * dst_stride + k, &acc2, sizeof acc2);
+    if (count > 3) __builtin_memcpy(dst + 3 * dst_stride + k, &acc3, sizeof acc3);
+  }
+  for (; k < len; k++) {
+    for (int64_t s = 0; s < count; s++) {
+      float sum = 0.0f;
+      for (int64_t i = 0; i < num_bases; i++) sum += coef[s * num_bases + i] * bank[i * stride + k];
+      dst[s * dst_stride + k] = sum;
+    }
   }
 }
 
@@ -169,23 +198,31 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     const int64_t per_split = (column_blocks + splits - 1) / splits * kColumns;
     const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
     at::parallel_for(0, blocks * runs * splits, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> kernel(static_cast<size_t>(rows * cin));
+      std::vector<float> kernel(static_cast<size_t>(kGroup * rows * cin));
+      std::vector<float> coef(static_cast<size_t>(kGroup * num_bases));
       for (int64_t task = begin; task < end; task++) {
         const int64_t split = task % splits, run = task / splits % runs;
         const int64_t r0 = task / splits / runs * rows;
         const int64_t m = std::min(rows, cout - r0);
         const int64_t j_end = std::min(hw, (split + 1) * per_split);
-        for (int64_t b = run * per_run; b < std::min(batch, (run + 1) * per_run); b++) {
-          synthesize(kernel.data(), ws + r0 * cin, as + b * num_bases, num_bases, cout * cin,
-                     m * cin);
-          const float* xb = xs + b * cin * hw;
-          float* yb = ys + (b * cout + r0) * hw;
-          const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
-          for (int64_t j = split * per_split; j < j_end; j += kColumns) {
-            const int64_t n = std::min(kColumns, j_end - j);
-            at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false, kernel.data(), xb + j,
-                                        yb + j, false);
-            epilogue(yb + j, m, n, hw, bb, act, lo, hi);
+        const int64_t b_end = std::min(batch, (run + 1) * per_run);
+        for (int64_t g = run * per_run; g < b_end; g += kGroup) {
+          const int64_t count = std::min(kGroup, b_end - g);
+          std::fill(coef.begin(), coef.end(), 0.0f);
+          std::copy(as + g * num_bases, as + (g + count) * num_bases, coef.begin());
+          synthesize(kernel.data(), rows * cin, count, ws + r0 * cin, coef.data(), num_bases,
+                     cout * cin, m * cin);
+          for (int64_t s = 0; s < count; s++) {
+            const int64_t b = g + s;
+            const float* xb = xs + b * cin * hw;
+            float* yb = ys + (b * cout + r0) * hw;
+            const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
+            for (int64_t j = split * per_split; j < j_end; j += kColumns) {
+              const int64_t n = std::min(kColumns, j_end - j);
+              at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false,
+                                          kernel.data() + s * rows * cin, xb + j, yb + j, false);
+              epilogue(yb + j, m, n, hw, bb, act, lo, hi);
+            }
           }
         }
       }

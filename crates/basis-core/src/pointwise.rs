@@ -1,7 +1,7 @@
 //! The per-sample 1x1 convolution at inference in one pass (`cpp/pointwise.cpp`): for
 //! each sample and block of 8 to 64 output channels (as many as keep their bank rows in
-//! L2), the kernel rows are synthesized from the bank into a buffer that stays in cache,
-//! multiplied with the sample's input by libtorch's batch-reduce GEMM (oneDNN's
+//! L2), the kernel rows are synthesized from the bank into a buffer that stays in cache
+//! (four samples at a time, so that each bank row read from L2 serves four), multiplied with the sample's input by libtorch's batch-reduce GEMM (oneDNN's
 //! micro-kernel), and the bias (a folded batch norm included) and the activation are
 //! applied to each block of output while it is in cache.
 //!

@@ -101,7 +101,8 @@ fn one_pass_kernel_equals_the_per_sample_reference() {
     ];
     // (cin, cout, hw, batch, bases, bias): several row blocks with a remainder (150 rows,
     // 960 inputs: 8 rows per block), several column blocks with a remainder (400 and 272
-    // pixels), a batch of one, one basis, no bias, pixels split between threads.
+    // pixels), a batch of one, one basis, no bias, pixels split between threads, samples
+    // synthesized in groups of four with a remainder.
     let shapes = [
         (200, 150, (20, 20), 3, 8, true),
         (960, 20, (3, 3), 2, 8, true),
@@ -110,6 +111,9 @@ fn one_pass_kernel_equals_the_per_sample_reference() {
         (12, 70, (17, 16), 4, 3, false),
         // One row block and one sample: the pixels are split between the threads.
         (16, 40, (24, 24), 1, 4, true),
+        // Four row blocks for nine samples, one run on 2 threads: two groups of four
+        // samples whose kernel rows are synthesized together, and one sample alone.
+        (24, 200, (6, 6), 9, 8, true),
     ];
     for (i, &(cin, cout, hw, batch, bases, bias)) in shapes.iter().enumerate() {
         let c = case(cin, cout, hw, batch, bases, bias);
