@@ -11,12 +11,15 @@
 //! Elsewhere the layer runs as synthesis, `baddbmm` and activation, with autograd.
 //!
 //! A layer on one vector per sample (a linear layer, a 1x1 convolution on a 1x1 input such
-//! as squeeze-excite's) has its own one-pass kernel for batches of two or more: the GEMMs
-//! of the N bases accumulate into each block of output features, their inputs each
-//! sample's vector scaled by its coefficient, so the `[B, N, Cout]` outputs of every basis
-//! that [`crate::Strategy::MixOutputs`] mixes afterwards are never written. At batch 32 on
-//! the shapes of `basisnet-mv3` (N = 8) it took 9.1 ms against 16.7 for libtorch's
-//! `linear` and mix; at batch 1 it was slower (5.5 against 5.0 ms) and is not used.
+//! as squeeze-excite's) has its own one-pass kernel: for batches above four the GEMMs of
+//! the N bases accumulate into each block of output features, their inputs each sample's
+//! vector scaled by its coefficient, so the `[B, N, Cout]` outputs of every basis that
+//! [`crate::Strategy::MixOutputs`] mixes afterwards are never written (at batch 32 on the
+//! shapes of `basisnet-mv3`, N = 8: 9.1 ms against 16.7 for libtorch's `linear` and mix);
+//! for batches of one to four, memory-bound, the bank streams once through dot products
+//! with every sample's vector on all threads (libtorch's matrix-vector product, MKL's AVX2
+//! code on AMD, read it at a quarter of the memory's speed there), and each sample's N
+//! results are mixed after.
 //!
 //! Measured on a 2-core AMD EPYC (AVX-512; MKL runs its AVX2 code there), PyTorch 2.13,
 //! `basisnet-mv3` fp32 with both kernels against the code before them, 6 alternating
@@ -137,7 +140,7 @@ pub(crate) fn forward(
 }
 
 /// Whether the dense one-pass kernel runs for `x` `[B, in]` and `bank` `[N, out, in]`: as
-/// [`applies`], and a batch of two or more (at batch 1 libtorch's GEMM was faster).
+/// [`applies`], for any batch.
 pub(crate) fn dense_applies(x: &Tensor, bank: &Tensor) -> bool {
     let fp32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
     let no_grad = !grad_enabled() || !(x.requires_grad() || bank.requires_grad());
@@ -147,7 +150,6 @@ pub(crate) fn dense_applies(x: &Tensor, bank: &Tensor) -> bool {
         && fp32_cpu(x)
         && fp32_cpu(bank)
         && x.dim() == 2
-        && x.size()[0] >= 2
         && bank.dim() == 3
 }
 

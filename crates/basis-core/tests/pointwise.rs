@@ -211,14 +211,17 @@ fn reference_linear(x: &Tensor, alpha: &Tensor, bank: &Tensor, bias: Option<&Ten
 #[test]
 fn dense_kernel_equals_the_per_sample_reference() {
     let _serial = serial();
-    // (in, out, batch, bases, bias): several blocks of 128 outputs with a remainder, a
-    // batch of two (the smallest the kernel takes), a batch of one (libtorch's GEMM), one
-    // basis.
+    // (in, out, batch, bases, bias): batch-reduce GEMMs (batches above four) over several
+    // blocks of 128 outputs with a remainder, and one basis; the streamed bank (batches of
+    // one to four), with inputs that are and are not a multiple of 16 and shorter than 16.
     for &(inp, out, batch, bases, bias) in &[
         (960, 300, 5, 8, true),
+        (64, 10, 7, 1, true),
         (24, 72, 2, 4, false),
         (40, 130, 1, 3, true),
-        (64, 10, 7, 1, true),
+        (100, 70, 4, 8, true),
+        (13, 33, 3, 2, false),
+        (960, 1280, 1, 8, true),
     ] {
         tch::manual_seed(inp + out);
         let bank = Tensor::randn([bases, out, inp], CPU) / (inp as f64).sqrt();
