@@ -6,7 +6,7 @@ use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
 use crate::layer;
 use crate::strategy::Strategy;
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// A linear layer with `N` basis weights: sample `b` gets `sum_i alpha[b, i] * W_i`.
 ///
@@ -176,13 +176,31 @@ impl BasisLinear {
         Ok(y.f_reshape([batch, self.out_features])?)
     }
 
-    /// The static layer (`N = 1`) without coefficients: exactly PyTorch's `Linear`.
+    /// The static layer (`N = 1`) without coefficients: PyTorch's `Linear` (at inference
+    /// on up to four fp32 CPU vectors, the basis layers' streamed kernel with the one
+    /// basis, equal to rounding: [`crate::pointwise`]).
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
         self.bank.require_static()?;
-        self.check_input(input)?;
+        let batch = self.check_input(input)?;
         crate::timing::span(
             || "linear (static)".into(),
-            || Ok(input.f_linear(self.bank.weight(), self.bank.bias())?),
+            || {
+                let weight = self.bank.weight();
+                let bank = weight.f_unsqueeze(0)?;
+                if crate::pointwise::streams(input, &bank) {
+                    let alpha = Tensor::f_ones([batch, 1], (Kind::Float, input.device()))?;
+                    let bias = self
+                        .bank
+                        .bias()
+                        .map(|b| b.f_unsqueeze(0)?.f_expand([batch, -1], false))
+                        .transpose()?;
+                    let y = crate::pointwise::dense_forward(input, &alpha, &bank, bias.as_ref())?;
+                    if let Some(y) = y {
+                        return Ok(y);
+                    }
+                }
+                Ok(input.f_linear(weight, self.bank.bias())?)
+            },
         )
     }
 

@@ -184,6 +184,13 @@ fn one_basis_linear_is_pytorchs_linear() {
     let x = Tensor::randn([3, 16], CPU);
     let expected = x.linear(layer.bank().weight(), layer.bank().bias());
     assert!(layer.forward_static(&x).unwrap().equal(&expected));
+    // At inference up to four vectors take the streamed kernel: equal to rounding.
+    for batch in [1, 3, 4, 5] {
+        let x = Tensor::randn([batch, 16], CPU);
+        let expected = tch::no_grad(|| x.linear(layer.bank().weight(), layer.bank().bias()));
+        let y = tch::no_grad(|| layer.forward_static(&x)).unwrap();
+        assert!(y.allclose(&expected, 1e-5, 1e-6, false), "batch {batch}");
+    }
     let err = layer
         .forward_static(&Tensor::zeros([3, 15], CPU))
         .unwrap_err();
