@@ -6,10 +6,16 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/fused.cpp");
     println!("cargo:rerun-if-changed=cpp/pointwise.cpp");
     println!("cargo:rerun-if-changed=cpp/shim.h");
-    let Some((mut build, _)) = basis_link::cxx() else {
+    let Some((mut build, lib)) = basis_link::cxx() else {
         panic!("basis-core: torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)")
     };
+    // `at::parallel_for` is a header template: without OpenMP it runs on one thread.
+    // libtorch's own OpenMP runtime (its `libgomp.so.1`) runs the shims' parallel loops, so
+    // the process has one pool of threads.
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
     build
+        .flag("-fopenmp")
         .file("cpp/fused.cpp")
         .file("cpp/pointwise.cpp")
         .compile("basis_core_fused");
