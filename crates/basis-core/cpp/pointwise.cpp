@@ -27,11 +27,14 @@
 #include <string>
 #include <vector>
 
+#include "act.h"
 #include "shim.h"
 
 namespace {
 
+using basis_shim::Act;
 using basis_shim::message;
+using basis_shim::parse;
 
 // A contiguous fp32 CPU tensor of `dim` dimensions.
 bool plain(const at::Tensor& t, int64_t dim) {
@@ -181,8 +184,6 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows(
   }
 }
 
-enum class Act { kNone, kRelu, kClamp, kHardswish, kHardsigmoid };
-
 // `y = act(y + bias[r])` over `rows` rows of `n` values, `ld` apart.
 __attribute__((target_clones("avx512f", "avx2", "default"))) void epilogue(
     float* y, int64_t rows, int64_t n, int64_t ld, const float* bias, Act act, float lower,
@@ -213,17 +214,6 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void epilogue(
         break;
     }
   }
-}
-
-bool parse(const char* attr, Act* act) {
-  std::string a(attr);
-  if (a == "none") *act = Act::kNone;
-  else if (a == "relu") *act = Act::kRelu;
-  else if (a == "hardtanh") *act = Act::kClamp;
-  else if (a == "hardswish") *act = Act::kHardswish;
-  else if (a == "hardsigmoid") *act = Act::kHardsigmoid;
-  else return false;
-  return true;
 }
 
 }  // namespace

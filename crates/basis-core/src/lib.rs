@@ -40,6 +40,7 @@ mod bank;
 mod coefficients;
 mod conv;
 mod cost;
+mod depthwise;
 mod error;
 pub mod frozen;
 pub mod fused;

@@ -62,7 +62,7 @@ extern "C" {
 }
 
 /// Whether CPU autocast is on for this thread (the kernels then step aside).
-fn cpu_autocast() -> bool {
+pub(crate) fn cpu_autocast() -> bool {
     // SAFETY: no arguments; reads a thread-local flag.
     unsafe { bc_cpu_autocast_enabled() == 1 }
 }

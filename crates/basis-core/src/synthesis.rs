@@ -71,6 +71,12 @@ pub(crate) fn grouped_conv(
     g: &Conv2dGeometry,
     act: Activation,
 ) -> Result<Tensor> {
+    if crate::depthwise::applies(input, coefficients, bank, g) {
+        let weights = synthesize(coefficients, bank)?;
+        if let Some(y) = crate::depthwise::forward(input, &weights, bias, g, act)? {
+            return Ok(y);
+        }
+    }
     let (b, c, h, w) = input.size4()?;
     let [out, in_per_group, kh, kw] = g.weight_shape();
     let weights = synthesize(coefficients, bank)?.f_reshape([b * out, in_per_group, kh, kw])?;
@@ -180,6 +186,12 @@ pub(crate) fn shared(
     g: &Conv2dGeometry,
     act: Activation,
 ) -> Result<Tensor> {
+    if crate::depthwise::applies(input, coefficient_row, bank, g) {
+        let weights = synthesize(coefficient_row, bank)?;
+        if let Some(y) = crate::depthwise::forward(input, &weights, bias, g, act)? {
+            return Ok(y);
+        }
+    }
     let weight = synthesize(coefficient_row, bank)?.f_squeeze_dim(0)?;
     let bias = bias.map(|v| v.f_reshape([-1])).transpose()?;
     crate::fused::conv2d(input, &weight, bias.as_ref(), g, g.groups, act)
