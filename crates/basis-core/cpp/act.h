@@ -24,7 +24,8 @@ inline bool parse(const char* attr, Act* act) {
 
 // `act(v)` lane by lane (`V` a float or a vector of floats); `lower`/`upper` bound
 // "hardtanh". Hard swish and hard sigmoid multiply by 1/6 where PyTorch divides by 6
-// (the same within a rounding).
+// (the same within a rounding). Always inlined, like every function a vector passes to
+// or from (see `lanes` in pointwise.cpp).
 template <typename V>
 inline __attribute__((always_inline)) V activate(V v, Act act, float lower, float upper) {
   const V zero = {};

@@ -110,8 +110,10 @@ constexpr int64_t kStreamBatch = 4;
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef float Vec4 __attribute__((vector_size(16)));
 
-// Sum of a vector's sixteen lanes, halving it (two vector adds, then four lanes).
-inline float lanes(Vec16 v) {
+// Sum of a vector's sixteen lanes, halving it (two vector adds, then four lanes). Always
+// inlined: called apart (unoptimized builds), a 64-byte vector would pass from the AVX-512
+// clone of its caller to code built for the default target, whose ABI passes it otherwise.
+inline __attribute__((always_inline)) float lanes(Vec16 v) {
   Vec8 lo, hi;
   __builtin_memcpy(&lo, &v, sizeof lo);
   __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
