@@ -144,6 +144,27 @@ pub fn available() -> bool {
     ENABLED.load(Ordering::Relaxed) && unsafe { bc_fused_available() } == 1
 }
 
+/// Whether a basis layer's inference kernels (the per-sample 1x1, dense and depthwise
+/// kernels of [`crate::Strategy`], which read contiguous NCHW activations) run for
+/// coefficients or activations like `t` on this thread: the fused path on
+/// ([`set_enabled`]), fp32 on the CPU, no CPU autocast, no gradient needed. A model's
+/// `Layout::Auto` keeps a batch of one contiguous where they do.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// let alpha = Tensor::ones([1, 8], (Kind::Float, Device::Cpu));
+/// assert!(tch::no_grad(|| basis_core::fused::per_sample_kernels_run(&alpha)));
+/// assert!(!basis_core::fused::per_sample_kernels_run(&alpha.to_kind(Kind::BFloat16)));
+/// ```
+pub fn per_sample_kernels_run(t: &Tensor) -> bool {
+    let gradient = grad_enabled() && t.requires_grad();
+    ENABLED.load(Ordering::Relaxed)
+        && !crate::pointwise::cpu_autocast()
+        && t.device() == tch::Device::Cpu
+        && t.kind() == tch::Kind::Float
+        && !gradient
+}
+
 /// `act(conv2d(input, weight, bias))` with `groups` (the geometry's, or more for a batch
 /// of per-sample kernels): one oneDNN primitive where it applies (see the module's notes),
 /// the convolution and then the activation otherwise.

@@ -178,7 +178,7 @@ impl BasisLinear {
 
     /// The static layer (`N = 1`) without coefficients: PyTorch's `Linear` (at inference
     /// on up to four fp32 CPU vectors, the basis layers' streamed kernel with the one
-    /// basis, equal to rounding: [`crate::pointwise`]).
+    /// basis, equal to rounding).
     pub fn forward_static(&self, input: &Tensor) -> Result<Tensor> {
         self.bank.require_static()?;
         let batch = self.check_input(input)?;

@@ -156,7 +156,9 @@ impl MobileNetConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
     /// `channels_last` when every basis layer runs one kernel for the whole batch (a
-    /// static network, a batch of one, a single coefficient row), contiguous otherwise.
+    /// static network, a batch of one, a single coefficient row), contiguous otherwise,
+    /// and for one image through basis layers whose fp32 CPU inference kernels run
+    /// (`basis_core::fused::per_sample_kernels_run`: they read NCHW).
     #[default]
     Auto,
     /// Always `channels_last` (NHWC in memory).
