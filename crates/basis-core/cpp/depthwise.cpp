@@ -11,12 +11,14 @@
 // this runs 1.1x to 2.4x oneDNN's grouped convolution; on narrow ones oneDNN's blocked
 // layout wins, and the caller keeps it there.
 //
-// fp32, CPU, contiguous operands, no gradient: the caller checks these.
+// fp32 or bf16 (read into fp32 in the padded copy, accumulated in fp32, rounded once at
+// the store), CPU, contiguous operands, no gradient: the caller checks these.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -31,6 +33,63 @@ using basis_shim::message;
 using basis_shim::parse;
 
 typedef float Vec16 __attribute__((vector_size(64)));
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+typedef uint32_t U32x16 __attribute__((vector_size(64)));
+
+// A bfloat16 as its 16 bits (the upper half of an fp32's).
+typedef uint16_t Bf16;
+
+inline float to_float(float v) { return v; }
+inline float to_float(Bf16 v) {
+  const uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Sixteen values from `p` as floats. Always inlined, like every function a vector passes
+// to or from (called apart, a vector would cross from the AVX-512 clone into code built
+// for the default target, whose ABI passes it otherwise).
+inline __attribute__((always_inline)) Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline __attribute__((always_inline)) Vec16 load16(const Bf16* p) {
+  U16x16 h;
+  std::memcpy(&h, p, sizeof h);
+  const U32x16 bits = __builtin_convertvector(h, U32x16) << 16;
+  Vec16 v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// The first `n` (at most 16) lanes of `v` into `p`; to bfloat16 rounding to nearest even,
+// NaN kept a NaN, as PyTorch's conversion does.
+inline __attribute__((always_inline)) void store16(float* p, Vec16 v, int64_t n) {
+  if (n == 16) {
+    std::memcpy(p, &v, sizeof v);
+    return;
+  }
+  float lanes[16];
+  std::memcpy(lanes, &v, sizeof v);
+  for (int64_t i = 0; i < n; i++) p[i] = lanes[i];
+}
+inline __attribute__((always_inline)) void store16(Bf16* p, Vec16 v, int64_t n) {
+  U32x16 bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  U32x16 rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
+  const U32x16 nan = U32x16{} + 0x7FC0u;
+  rounded = (v != v) ? nan : rounded;
+  const U16x16 h = __builtin_convertvector(rounded, U16x16);
+  if (n == 16) {
+    std::memcpy(p, &h, sizeof h);
+    return;
+  }
+  Bf16 lanes[16];
+  std::memcpy(lanes, &h, sizeof h);
+  for (int64_t i = 0; i < n; i++) p[i] = lanes[i];
+}
 
 // One padded row's floats in the buffer: the columns the taps read for every block of
 // sixteen outputs (for stride 2, each of the even and odd halves).
@@ -45,10 +104,10 @@ inline void store_zeros(float* dst, int64_t n) {
 }
 
 // Rows `oy .. oy + R` of the output plane `out` (`wo` wide) from the padded plane `buf`.
-template <int K, int S, int R>
+template <int K, int S, int R, typename T>
 inline __attribute__((always_inline)) void output_rows(const float* buf, int64_t stride_row,
                                                        int64_t wb, int64_t oy, int64_t wo,
-                                                       float* out, const float* wk, float bias,
+                                                       T* out, const float* wk, float bias,
                                                        Act act, float lower, float upper) {
   constexpr int J = (R - 1) * S + K;
   for (int64_t ox = 0; ox < wo; ox += 16) {
@@ -74,26 +133,22 @@ inline __attribute__((always_inline)) void output_rows(const float* buf, int64_t
     const int64_t n = std::min<int64_t>(16, wo - ox);
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++) {
-      const Vec16 y = activate(acc[r], act, lower, upper);
-      float* o = out + (oy + r) * wo + ox;
-      if (n == 16) {
-        std::memcpy(o, &y, sizeof y);
-      } else {
-        float lanes[16];
-        std::memcpy(lanes, &y, sizeof y);
-        for (int64_t i = 0; i < n; i++) o[i] = lanes[i];
-      }
+      store16(out + (oy + r) * wo + ox, activate(acc[r], act, lower, upper), n);
     }
   }
 }
 
 // One plane: `in` `h x w` into `out` `ho x wo`, kernel `wt` `K x K`, stride `S`, padding
 // `p`; `buf` holds `(h + 2p) * row_width(K, S, wo) * S` floats.
-template <int K, int S>
-inline __attribute__((always_inline)) void plane(const float* in, int64_t h, int64_t w,
-                                                 float* out, int64_t ho, int64_t wo,
-                                                 const float* wt, int64_t p, float bias, Act act,
-                                                 float lower, float upper, float* buf) {
+template <int K, int S, typename T>
+inline __attribute__((always_inline)) void plane(const T* in, int64_t h, int64_t w, T* out,
+                                                 int64_t ho, int64_t wo, const float* weights,
+                                                 int64_t p, float bias, Act act, float lower,
+                                                 float upper, float* buf) {
+  // A local copy: the stores to an fp32 `out` could alias `weights`, which the compiler
+  // would then reload on every tap (0.93x in the network).
+  float wk[K * K];
+  for (int i = 0; i < K * K; i++) wk[i] = weights[i];
   const int64_t wb = row_width(K, S, wo);
   const int64_t stride_row = S * wb;
   for (int64_t j = 0; j < h + 2 * p; j++) {
@@ -101,11 +156,11 @@ inline __attribute__((always_inline)) void plane(const float* in, int64_t h, int
     store_zeros(dst, stride_row);
     const int64_t y = j - p;
     if (y < 0 || y >= h) continue;
-    const float* src = in + y * w;
+    const T* src = in + y * w;
     if (S == 1) {
       int64_t x = 0;
-      for (; x + 16 <= w; x += 16) std::memcpy(dst + p + x, src + x, sizeof(Vec16));
-      for (; x < w; x++) dst[p + x] = src[x];
+      for (; x + 16 <= w; x += 16) store16(dst + p + x, load16(src + x), 16);
+      for (; x < w; x++) dst[p + x] = to_float(src[x]);
       continue;
     }
     // Padded column q = x + p goes to the even half at q / 2 (q even) or the odd half.
@@ -113,13 +168,12 @@ inline __attribute__((always_inline)) void plane(const float* in, int64_t h, int
     float* odd = dst + wb;
     int64_t x = 0;
     if (p % 2 == 1) {
-      odd[p / 2] = src[0];
+      odd[p / 2] = to_float(src[0]);
       x = 1;
     }
     for (; x + 32 <= w; x += 32) {
-      Vec16 a, b;
-      std::memcpy(&a, src + x, sizeof a);
-      std::memcpy(&b, src + x + 16, sizeof b);
+      const Vec16 a = load16(src + x);
+      const Vec16 b = load16(src + x + 16);
 #if defined(__clang__)
       const Vec16 e = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22,
                                               24, 26, 28, 30);
@@ -137,11 +191,9 @@ inline __attribute__((always_inline)) void plane(const float* in, int64_t h, int
     }
     for (; x < w; x++) {
       const int64_t q = x + p;
-      (q % 2 == 0 ? even : odd)[q / 2] = src[x];
+      (q % 2 == 0 ? even : odd)[q / 2] = to_float(src[x]);
     }
   }
-  float wk[K * K];
-  for (int i = 0; i < K * K; i++) wk[i] = wt[i];
   int64_t oy = 0;
   for (; oy + 4 <= ho; oy += 4) {
     output_rows<K, S, 4>(buf, stride_row, wb, oy, wo, out, wk, bias, act, lower, upper);
@@ -152,32 +204,53 @@ inline __attribute__((always_inline)) void plane(const float* in, int64_t h, int
 }
 
 // The planes `begin .. end` of the batch (`channels` per sample); each plane's kernel and
-// bias at `weight_of` / `bias_of` of its index.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void planes(
-    const float* in, int64_t h, int64_t w, float* out, int64_t ho, int64_t wo,
-    const float* weight, const float* bias, int64_t begin, int64_t end, int64_t channels,
-    bool shared, int64_t k, int64_t s, int64_t p, Act act, float lower, float upper,
-    float* buf) {
+// bias at its index (`shared`: at its channel's).
+template <typename T>
+inline __attribute__((always_inline)) void planes(const T* in, int64_t h, int64_t w, T* out,
+                                                  int64_t ho, int64_t wo, const T* weight,
+                                                  const T* bias, int64_t begin, int64_t end,
+                                                  int64_t channels, bool shared, int64_t k,
+                                                  int64_t s, int64_t p, Act act, float lower,
+                                                  float upper, float* buf) {
+  float wk[49];
   for (int64_t i = begin; i < end; i++) {
     const int64_t wi = shared ? i % channels : i;
-    const float b = bias == nullptr ? 0.0f : bias[wi];
-    const float* x = in + i * h * w;
-    float* y = out + i * ho * wo;
-    const float* wt = weight + wi * k * k;
+    const float b = bias == nullptr ? 0.0f : to_float(bias[wi]);
+    for (int64_t t = 0; t < k * k; t++) wk[t] = to_float(weight[wi * k * k + t]);
+    const T* x = in + i * h * w;
+    T* y = out + i * ho * wo;
     switch (k * 10 + s) {
-      case 31: plane<3, 1>(x, h, w, y, ho, wo, wt, p, b, act, lower, upper, buf); break;
-      case 32: plane<3, 2>(x, h, w, y, ho, wo, wt, p, b, act, lower, upper, buf); break;
-      case 51: plane<5, 1>(x, h, w, y, ho, wo, wt, p, b, act, lower, upper, buf); break;
-      case 52: plane<5, 2>(x, h, w, y, ho, wo, wt, p, b, act, lower, upper, buf); break;
-      case 71: plane<7, 1>(x, h, w, y, ho, wo, wt, p, b, act, lower, upper, buf); break;
-      default: plane<7, 2>(x, h, w, y, ho, wo, wt, p, b, act, lower, upper, buf); break;
+      case 31: plane<3, 1>(x, h, w, y, ho, wo, wk, p, b, act, lower, upper, buf); break;
+      case 32: plane<3, 2>(x, h, w, y, ho, wo, wk, p, b, act, lower, upper, buf); break;
+      case 51: plane<5, 1>(x, h, w, y, ho, wo, wk, p, b, act, lower, upper, buf); break;
+      case 52: plane<5, 2>(x, h, w, y, ho, wo, wk, p, b, act, lower, upper, buf); break;
+      case 71: plane<7, 1>(x, h, w, y, ho, wo, wk, p, b, act, lower, upper, buf); break;
+      default: plane<7, 2>(x, h, w, y, ho, wo, wk, p, b, act, lower, upper, buf); break;
     }
   }
 }
 
-bool plain(const at::Tensor& t, int64_t dim) {
-  return t.dim() == dim && t.scalar_type() == at::kFloat && t.device().is_cpu() &&
-         t.is_contiguous();
+__attribute__((target_clones("avx512f", "avx2", "default"))) void planes_f32(
+    const float* in, int64_t h, int64_t w, float* out, int64_t ho, int64_t wo,
+    const float* weight, const float* bias, int64_t begin, int64_t end, int64_t channels,
+    bool shared, int64_t k, int64_t s, int64_t p, Act act, float lower, float upper,
+    float* buf) {
+  planes(in, h, w, out, ho, wo, weight, bias, begin, end, channels, shared, k, s, p, act,
+         lower, upper, buf);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void planes_bf16(
+    const Bf16* in, int64_t h, int64_t w, Bf16* out, int64_t ho, int64_t wo,
+    const Bf16* weight, const Bf16* bias, int64_t begin, int64_t end, int64_t channels,
+    bool shared, int64_t k, int64_t s, int64_t p, Act act, float lower, float upper,
+    float* buf) {
+  planes(in, h, w, out, ho, wo, weight, bias, begin, end, channels, shared, k, s, p, act,
+         lower, upper, buf);
+}
+
+// A contiguous CPU tensor of `dim` dimensions and dtype `dtype`.
+bool plain(const at::Tensor& t, int64_t dim, at::ScalarType dtype) {
+  return t.dim() == dim && t.scalar_type() == dtype && t.device().is_cpu() && t.is_contiguous();
 }
 
 }  // namespace
@@ -189,8 +262,9 @@ extern "C" {
 // 1 or 2 and padding `padding` (0 <= padding < k) on both axes, `weight` `[B, C, k, k]`
 // (each sample's kernels) or `[1, C, k, k]` (one kernel for the batch), `bias` of the same
 // leading shape `[B or 1, C]` or null, into a new `[B, C, Ho, Wo]` tensor `*out`. The
-// activation `attr` is named as for the fused convolution. Every tensor fp32, on the CPU
-// and contiguous; the caller checks (a mismatch is an error here, not a fallback).
+// activation `attr` is named as for the fused convolution. Every tensor fp32 (or every one
+// bf16), on the CPU and contiguous; the caller checks (a mismatch is an error here, not a
+// fallback).
 char* bc_depthwise_forward(at::Tensor* input, at::Tensor* weight, at::Tensor* bias,
                            int64_t stride, int64_t padding, const char* attr, double lower,
                            double upper, at::Tensor** out) {
@@ -200,7 +274,9 @@ char* bc_depthwise_forward(at::Tensor* input, at::Tensor* weight, at::Tensor* bi
     const at::Tensor& wt = *weight;
     Act act;
     if (!parse(attr, &act)) return message("the depthwise kernel got an unknown activation");
-    if (!(plain(x, 4) && plain(wt, 4))) return message("the depthwise kernel needs contiguous fp32 CPU input and weight of 4 dimensions");
+    const at::ScalarType dtype = x.scalar_type();
+    const bool typed = dtype == at::kFloat || dtype == at::kBFloat16;
+    if (!(typed && plain(x, 4, dtype) && plain(wt, 4, dtype))) return message("the depthwise kernel needs contiguous CPU input and weight of 4 dimensions, both fp32 or both bf16");
     const int64_t batch = x.size(0), channels = x.size(1), h = x.size(2), w = x.size(3);
     const int64_t k = wt.size(2);
     const bool shared = wt.size(0) == 1;
@@ -208,23 +284,32 @@ char* bc_depthwise_forward(at::Tensor* input, at::Tensor* weight, at::Tensor* bi
                              (stride == 1 || stride == 2) && padding >= 0 && padding < k;
     if (!kernel_fits) return message("the depthwise kernel takes square 3x3, 5x5 or 7x7 kernels, stride 1 or 2, padding below the kernel size");
     const bool fits = (shared || wt.size(0) == batch) && wt.size(1) == channels &&
-                      (bias == nullptr || (plain(*bias, 2) && bias->size(0) == wt.size(0) &&
+                      (bias == nullptr || (plain(*bias, 2, dtype) && bias->size(0) == wt.size(0) &&
                                            bias->size(1) == channels));
     if (!fits) return message("the depthwise kernel got operands whose shapes do not match");
     const int64_t ho = (h + 2 * padding - k) / stride + 1;
     const int64_t wo = (w + 2 * padding - k) / stride + 1;
     if (ho < 1 || wo < 1) return message("the depthwise kernel got an input smaller than its kernel");
     at::Tensor y = at::empty({batch, channels, ho, wo}, x.options());
-    const float* xs = x.data_ptr<float>();
-    const float* ws = wt.data_ptr<float>();
-    const float* bs = bias == nullptr ? nullptr : bias->data_ptr<float>();
-    float* ys = y.data_ptr<float>();
     const int64_t buffer = (h + 2 * padding) * stride * row_width(k, stride, wo);
     const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
+    const bool bf16 = dtype == at::kBFloat16;
+    // bf16 data as its bits (`Bf16`): at::BFloat16 holds exactly those 16 bits.
+    const void* xs = x.data_ptr();
+    const void* ws = wt.data_ptr();
+    const void* bs = bias == nullptr ? nullptr : bias->data_ptr();
+    void* ys = y.data_ptr();
     at::parallel_for(0, batch * channels, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> buf(static_cast<size_t>(buffer));
-      planes(xs, h, w, ys, ho, wo, ws, bs, begin, end, channels, shared, k, stride, padding,
-             act, lo, hi, buf.data());
+      if (bf16) {
+        planes_bf16(static_cast<const Bf16*>(xs), h, w, static_cast<Bf16*>(ys), ho, wo,
+                    static_cast<const Bf16*>(ws), static_cast<const Bf16*>(bs), begin, end,
+                    channels, shared, k, stride, padding, act, lo, hi, buf.data());
+      } else {
+        planes_f32(static_cast<const float*>(xs), h, w, static_cast<float*>(ys), ho, wo,
+                   static_cast<const float*>(ws), static_cast<const float*>(bs), begin, end,
+                   channels, shared, k, stride, padding, act, lo, hi, buf.data());
+      }
     });
     *out = new at::Tensor(std::move(y));
     return nullptr;

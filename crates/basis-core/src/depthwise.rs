@@ -5,18 +5,20 @@
 //! the rows are stored. libtorch's grouped convolution over `[1, B*C, H, W]` goes through
 //! oneDNN's blocked layout, reordering the planes in and out.
 //!
-//! It runs where it gives the eager result and was measured faster: fp32 on the CPU, a
+//! It runs where it gives the eager result and was measured faster: fp32 or bf16 (a model
+//! cast to bf16; read into fp32, accumulated in fp32, rounded once) on the CPU, a
 //! contiguous NCHW input at least [`MIN_WIDTH`] columns wide, a depthwise geometry (one
 //! input and one output channel per group) with a square 3x3, 5x5 or 7x7 kernel, stride 1
 //! or 2 and padding below the kernel size on both axes, dilation 1, no gradient needed, no
 //! CPU autocast, fused kernels on ([`crate::fused::set_enabled`]). Elsewhere the layer
 //! runs as before.
 //!
-//! Measured on a 2-core AMD EPYC (AVX-512), PyTorch 2.13, the 15 depthwise layers of
-//! `basisnet-mv3` at batch 32 with hard swish, each against oneDNN's grouped convolution
-//! and activation: 2.3x and 2.4x on the 112- and 56-column stride-1 layers, 1.4x at stride
-//! 2 on 112 columns, 1.3-1.8x on 28 columns, 0.95-1.07x on the stride-2 layers of 56 and
-//! 28 columns, and 0.4-0.8x on planes of 14 and 7 columns (left to oneDNN).
+//! Measured on a 2-core AMD EPYC (AVX-512), PyTorch 2.13, fp32, the 15 depthwise layers
+//! of `basisnet-mv3` at batch 32 with hard swish, each against oneDNN's fused grouped
+//! convolution (the activation a post-op): 1.9x on the 112- and 56-column stride-1 layers,
+//! 1.2x at stride 2 on 112 columns, 1.1-1.4x on the 56-column stride-2 and the 28-column
+//! layers, 1.0x on the 28-column stride-2 layer, and 0.3-0.9x on planes of 14 and 7
+//! columns (left to oneDNN). In the network, batch 32: 1.06x (3 alternating rounds).
 
 use crate::activation::Activation;
 use crate::error::{BasisError, Result};
@@ -67,7 +69,8 @@ pub(crate) fn applies(
         && g.padding[0] == g.padding[1]
         && (0..kh).contains(&g.padding[0])
         && g.dilation == [1, 1];
-    let fp32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    let cpu = input.device() == Device::Cpu && bank.device() == Device::Cpu;
+    let dtype = matches!(input.kind(), Kind::Float | Kind::BFloat16) && bank.kind() == input.kind();
     let no_grad = !grad_enabled()
         || ![input, coefficients, bank]
             .into_iter()
@@ -76,8 +79,8 @@ pub(crate) fn applies(
         && !cpu_autocast()
         && geometry
         && no_grad
-        && fp32_cpu(input)
-        && fp32_cpu(bank)
+        && cpu
+        && dtype
         && input.dim() == 4
         && input.size()[3] >= MIN_WIDTH
         && input.is_contiguous()
@@ -210,6 +213,40 @@ mod tests {
             assert_eq!(got.size(), want.size(), "{what}");
             let gap = (&got - &want).abs().max().double_value(&[]);
             assert!(gap < 1e-4, "{what}: gap {gap}");
+        }
+    }
+
+    #[test]
+    fn bf16_planes_round_the_fp32_result_once() {
+        tch::manual_seed(11);
+        let cpu = (Kind::Float, Device::Cpu);
+        // (batch, channels, h, w, k, stride, padding, shared): both strides, odd padding,
+        // vector remainders.
+        for &(b, c, h, w, k, stride, padding, shared) in &[
+            (2, 3, 17, 45, 3, 1, 1, false),
+            (2, 2, 15, 70, 5, 2, 2, false),
+            (1, 3, 9, 33, 3, 2, 1, true),
+        ] {
+            let g = depthwise(c, k, stride, padding);
+            let rows = if shared { 1 } else { b };
+            let bf = |t: Tensor| t.to_kind(Kind::BFloat16);
+            let x = bf(Tensor::randn([b, c, h, w], cpu));
+            let weight = bf(Tensor::randn([rows, c, 1, k, k], cpu) / k as f64);
+            let bias = bf(Tensor::randn([rows, c], cpu));
+            let act = Activation::Hardswish;
+            let got = tch::no_grad(|| forward(&x, &weight, Some(&bias), &g, act))
+                .unwrap()
+                .expect("no gradient: the kernel runs");
+            assert_eq!(got.kind(), Kind::BFloat16);
+            let f = |t: &Tensor| t.to_kind(Kind::Float);
+            let want = tch::no_grad(|| reference(&f(&x), &f(&weight), Some(&f(&bias)), &g, act));
+            // One rounding to bf16 (8 significant bits) of the fp32 result.
+            let gap = (f(&got) - &want).abs() - want.abs() * (1.0 / 256.0);
+            let worst = gap.max().double_value(&[]);
+            assert!(
+                worst < 1e-4,
+                "{b}x{c}x{h}x{w}, {k}x{k}, stride {stride}: {worst}"
+            );
         }
     }
 
