@@ -64,16 +64,22 @@ inline __attribute__((always_inline)) Vec16 load16(const Bf16* p) {
   return v;
 }
 
-// The first `n` (at most 16) lanes of `v` into `p`; to bfloat16 rounding to nearest even,
-// NaN kept a NaN, as PyTorch's conversion does.
-inline __attribute__((always_inline)) void store16(float* p, Vec16 v, int64_t n) {
+// The first `n` (at most 16) lanes of `v` (`sizeof(V)` bytes of `E`s) into `p`.
+template <typename E, typename V>
+inline __attribute__((always_inline)) void store_lanes(E* p, const V& v, int64_t n) {
   if (n == 16) {
     std::memcpy(p, &v, sizeof v);
     return;
   }
-  float lanes[16];
+  E lanes[16];
   std::memcpy(lanes, &v, sizeof v);
   for (int64_t i = 0; i < n; i++) p[i] = lanes[i];
+}
+
+// The first `n` lanes of `v` into `p`; to bfloat16 rounding to nearest even, NaN kept a
+// NaN, as PyTorch's conversion does.
+inline __attribute__((always_inline)) void store16(float* p, Vec16 v, int64_t n) {
+  store_lanes(p, v, n);
 }
 inline __attribute__((always_inline)) void store16(Bf16* p, Vec16 v, int64_t n) {
   U32x16 bits;
@@ -81,14 +87,7 @@ inline __attribute__((always_inline)) void store16(Bf16* p, Vec16 v, int64_t n) 
   U32x16 rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
   const U32x16 nan = U32x16{} + 0x7FC0u;
   rounded = (v != v) ? nan : rounded;
-  const U16x16 h = __builtin_convertvector(rounded, U16x16);
-  if (n == 16) {
-    std::memcpy(p, &h, sizeof h);
-    return;
-  }
-  Bf16 lanes[16];
-  std::memcpy(lanes, &h, sizeof h);
-  for (int64_t i = 0; i < n; i++) p[i] = lanes[i];
+  store_lanes(p, __builtin_convertvector(rounded, U16x16), n);
 }
 
 // One padded row's floats in the buffer: the columns the taps read for every block of

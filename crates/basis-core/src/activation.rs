@@ -2,6 +2,7 @@
 //! ([`crate::fused`]) and the unfused fallback both read.
 
 use crate::error::Result;
+use std::ffi::CStr;
 use tch::Tensor;
 
 /// The activation after a layer.
@@ -70,14 +71,14 @@ impl Activation {
         crate::timing::span(|| "activation".into(), || self.apply(x))
     }
 
-    /// oneDNN's name for the activation, and its two scalars.
-    pub(crate) fn onednn(self) -> (&'static str, f64, f64) {
+    /// oneDNN's name for the activation (as the C shims take it), and its two scalars.
+    pub(crate) fn onednn(self) -> (&'static CStr, f64, f64) {
         match self {
-            Self::Identity => ("none", 0.0, 0.0),
-            Self::Relu => ("relu", 0.0, 0.0),
-            Self::Clamp { lower, upper } => ("hardtanh", lower, upper),
-            Self::Hardswish => ("hardswish", 0.0, 0.0),
-            Self::Hardsigmoid => ("hardsigmoid", 0.0, 0.0),
+            Self::Identity => (c"none", 0.0, 0.0),
+            Self::Relu => (c"relu", 0.0, 0.0),
+            Self::Clamp { lower, upper } => (c"hardtanh", lower, upper),
+            Self::Hardswish => (c"hardswish", 0.0, 0.0),
+            Self::Hardsigmoid => (c"hardsigmoid", 0.0, 0.0),
         }
     }
 }

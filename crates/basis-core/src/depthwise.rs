@@ -21,12 +21,11 @@
 //! columns (left to oneDNN). In the network, batch 32: 1.06x (3 alternating rounds).
 
 use crate::activation::Activation;
-use crate::error::{BasisError, Result};
+use crate::error::Result;
 use crate::fused::{check, enabled, grad_enabled, owned, ptr};
 use crate::geometry::Conv2dGeometry;
 use crate::layout::is_channels_last;
 use crate::pointwise::cpu_autocast;
-use std::ffi::CString;
 use std::os::raw::c_char;
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -107,7 +106,6 @@ pub(crate) fn forward(
         .f_contiguous()?;
     let bias = bias.map(Tensor::f_contiguous).transpose()?;
     let (attr, lower, upper) = act.onednn();
-    let attr = CString::new(attr).map_err(|e| BasisError::Config(e.to_string()))?;
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the tensors outlive the call and the shim only reads them; it writes `out` (a
     // new tensor it hands over, or null) and returns null or a message it malloc'ed.

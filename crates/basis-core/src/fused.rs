@@ -15,7 +15,6 @@ use crate::activation::Activation;
 use crate::error::{BasisError, Result};
 use crate::geometry::Conv2dGeometry;
 use crate::layout::is_channels_last;
-use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tch::Tensor;
@@ -299,7 +298,6 @@ pub(crate) fn run(
     accumulate: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let (attr, lower, upper) = act.onednn();
-    let attr = CString::new(attr).map_err(|e| BasisError::Config(e.to_string()))?;
     let (stride, padding, dilation) = (geometry.stride, geometry.padding, geometry.dilation);
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the tensors outlive the call and the shim only reads them; the arrays hold

@@ -32,11 +32,10 @@
 //! batch 32 ran 1.26x faster again (1x1 layers 47.7 against 77.5 ms) and batch 1 1.11x.
 
 use crate::activation::Activation;
-use crate::error::{BasisError, Result};
+use crate::error::Result;
 use crate::fused::{check, enabled, grad_enabled, owned, ptr};
 use crate::geometry::Conv2dGeometry;
 use crate::layout::is_channels_last;
-use std::ffi::CString;
 use std::os::raw::c_char;
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
@@ -122,7 +121,6 @@ pub(crate) fn forward(
         return Ok(None);
     };
     let (attr, lower, upper) = act.onednn();
-    let attr = CString::new(attr).map_err(|e| BasisError::Config(e.to_string()))?;
     let mut out: *mut C_tensor = std::ptr::null_mut();
     // SAFETY: the tensors outlive the call and the shim only reads them; it writes `out` (a
     // new tensor it hands over, or null) and returns null or a message it malloc'ed.
