@@ -1,14 +1,17 @@
 //! Link libtorch, and compile the shims: oneDNN's fused convolution (cpp/fused.cpp) and the
-//! per-sample 1x1 and dense kernels (cpp/pointwise.cpp), the depthwise kernel
-//! (cpp/depthwise.cpp), with what they share (cpp/shim.h, cpp/act.h).
+//! per-sample 1x1 kernel (cpp/pointwise.cpp), the dense kernel (cpp/dense.cpp), the
+//! depthwise kernel (cpp/depthwise.cpp), with what they share (cpp/shim.h, cpp/act.h,
+//! cpp/vec.h).
 
 fn main() {
     basis_link::libtorch();
     println!("cargo:rerun-if-changed=cpp/fused.cpp");
     println!("cargo:rerun-if-changed=cpp/pointwise.cpp");
+    println!("cargo:rerun-if-changed=cpp/dense.cpp");
     println!("cargo:rerun-if-changed=cpp/depthwise.cpp");
     println!("cargo:rerun-if-changed=cpp/act.h");
     println!("cargo:rerun-if-changed=cpp/shim.h");
+    println!("cargo:rerun-if-changed=cpp/vec.h");
     let Some((mut build, lib)) = basis_link::cxx() else {
         panic!("basis-core: torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)")
     };
@@ -22,6 +25,7 @@ fn main() {
         .flag("-Wno-psabi")
         .file("cpp/fused.cpp")
         .file("cpp/pointwise.cpp")
+        .file("cpp/dense.cpp")
         .file("cpp/depthwise.cpp")
         .compile("basis_core_fused");
 }

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "act.h"
+#include "vec.h"
 #include "shim.h"
 
 namespace {
@@ -31,64 +32,11 @@ using basis_shim::Act;
 using basis_shim::activate;
 using basis_shim::message;
 using basis_shim::parse;
-
-typedef float Vec16 __attribute__((vector_size(64)));
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-typedef uint32_t U32x16 __attribute__((vector_size(64)));
-
-// A bfloat16 as its 16 bits (the upper half of an fp32's).
-typedef uint16_t Bf16;
-
-inline float to_float(float v) { return v; }
-inline float to_float(Bf16 v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
-// Sixteen values from `p` as floats. Always inlined, like every function a vector passes
-// to or from (called apart, a vector would cross from the AVX-512 clone into code built
-// for the default target, whose ABI passes it otherwise).
-inline __attribute__((always_inline)) Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline __attribute__((always_inline)) Vec16 load16(const Bf16* p) {
-  U16x16 h;
-  std::memcpy(&h, p, sizeof h);
-  const U32x16 bits = __builtin_convertvector(h, U32x16) << 16;
-  Vec16 v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
-// The first `n` (at most 16) lanes of `v` (`sizeof(V)` bytes of `E`s) into `p`.
-template <typename E, typename V>
-inline __attribute__((always_inline)) void store_lanes(E* p, const V& v, int64_t n) {
-  if (n == 16) {
-    std::memcpy(p, &v, sizeof v);
-    return;
-  }
-  E lanes[16];
-  std::memcpy(lanes, &v, sizeof v);
-  for (int64_t i = 0; i < n; i++) p[i] = lanes[i];
-}
-
-// The first `n` lanes of `v` into `p`; to bfloat16 rounding to nearest even, NaN kept a
-// NaN, as PyTorch's conversion does.
-inline __attribute__((always_inline)) void store16(float* p, Vec16 v, int64_t n) {
-  store_lanes(p, v, n);
-}
-inline __attribute__((always_inline)) void store16(Bf16* p, Vec16 v, int64_t n) {
-  U32x16 bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  U32x16 rounded = (bits + (((bits >> 16) & 1u) + 0x7FFFu)) >> 16;
-  const U32x16 nan = U32x16{} + 0x7FC0u;
-  rounded = (v != v) ? nan : rounded;
-  store_lanes(p, __builtin_convertvector(rounded, U16x16), n);
-}
+using basis_shim::Bf16;
+using basis_shim::load16;
+using basis_shim::store16;
+using basis_shim::to_float;
+using basis_shim::Vec16;
 
 // One padded row's floats in the buffer: the columns the taps read for every block of
 // sixteen outputs (for stride 2, each of the even and odd halves).

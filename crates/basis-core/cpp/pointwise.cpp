@@ -1,22 +1,20 @@
-// Per-sample kernels at inference through libtorch's batch-reduce GEMM.
+// The per-sample 1x1 convolution of a basis layer at inference, through libtorch's
+// batch-reduce GEMM (`cpublas::brgemm`, oneDNN's micro-kernel where libtorch has it).
 //
-// `bc_pointwise_forward`: the per-sample 1x1 convolution of a basis layer, in one pass per
-// block of output channels: each sample's kernel rows are synthesized from the bank (rows
-// read from the L2 cache, each read serving four samples) into a thread-local buffer (never written to memory as a
-// `[B, Cout, Cin]` tensor), multiplied with the sample's input by libtorch's batch-reduce
-// GEMM (`cpublas::brgemm`, oneDNN's micro-kernel where libtorch has it, its own GEMM
-// otherwise), and the bias and the activation are applied while the block is in cache.
-// Eager libtorch needs three passes over memory for the same layer (synthesis, `baddbmm`,
-// activation), and its batched GEMM is MKL's, which runs its AVX2 code on AMD CPUs.
+// `bc_pointwise_forward` runs the layer in one pass per block of output channels: each
+// sample's kernel rows are synthesized from the bank (rows read from the L2 cache, each
+// read serving four samples) into a thread-local buffer (never written to memory as a
+// `[B, Cout, Cin]` tensor), multiplied with the sample's input by the batch-reduce GEMM,
+// and the bias and the activation are applied while the block is in cache. Eager libtorch
+// needs three passes over memory for the same layer (synthesis, `baddbmm`, activation),
+// and its batched GEMM is MKL's, which runs its AVX2 code on AMD CPUs.
 //
-// `bc_dense_forward`: a basis layer on one vector per sample (a linear layer, or a 1x1
-// convolution on a 1x1 input such as squeeze-excite's): for each block of output features,
-// the GEMMs of the N bases accumulate into one `[rows, B]` block whose inputs are each
-// sample's vector scaled by its coefficient; the work of running every basis on every
-// sample, without writing the `[B, N, Cout]` outputs that are mixed afterwards.
-//
-// fp32, CPU, contiguous operands (NCHW for the convolution), no gradient: the caller checks
-// these and runs the autograd path otherwise. Errors come back as messages (`shim.h`).
+// fp32, or bf16 where oneDNN's bf16 micro-kernel runs (`bc_bf16_gemm`): the kernel rows
+// are then synthesized in fp32 and rounded to bf16, the input is packed in pairs of
+// channels (the micro-kernel's VNNI layout), products accumulate in fp32, and the output
+// is rounded once at the store. CPU, contiguous NCHW operands, no gradient: the caller
+// checks these and runs the autograd path otherwise. Errors come back as messages
+// (`shim.h`).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -24,38 +22,36 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
-#include <string>
 #include <vector>
 
 #include "act.h"
 #include "shim.h"
+#include "vec.h"
 
 namespace {
 
 using basis_shim::Act;
+using basis_shim::activate;
+using basis_shim::Bf16;
+using basis_shim::load16;
 using basis_shim::message;
 using basis_shim::parse;
+using basis_shim::store1;
+using basis_shim::store16;
+using basis_shim::to_float;
+using basis_shim::Vec16;
 
-// A contiguous fp32 CPU tensor of `dim` dimensions.
-bool plain(const at::Tensor& t, int64_t dim) {
-  return t.dim() == dim && t.scalar_type() == at::kFloat && t.device().is_cpu() &&
-         t.is_contiguous();
+// A contiguous CPU tensor of `dim` dimensions and type `type`.
+bool plain(const at::Tensor& t, int64_t dim, at::ScalarType type) {
+  return t.dim() == dim && t.scalar_type() == type && t.device().is_cpu() && t.is_contiguous();
 }
 
-// No bias, or a plain `[batch, cout]` one.
-bool bias_fits(const at::Tensor* bias, int64_t batch, int64_t cout) {
-  return bias == nullptr || (plain(*bias, 2) && bias->size(0) == batch && bias->size(1) == cout);
-}
-
-// The bank rows one task synthesizes from (`N * rows * Cin` floats) stay within this many
+// The bank rows one task synthesizes from (`N * rows * Cin` values) stay within this many
 // bytes, so they are read from the core's L2 cache for every sample of the task: 8 rows for
-// a 960-channel input with N = 8, 64 rows (the most) for narrow inputs.
+// a 960-channel fp32 input with N = 8, 64 rows (the most) for narrow inputs.
 constexpr int64_t kBankBytes = 384 * 1024;
 constexpr int64_t kMinRows = 8;
 constexpr int64_t kMaxRows = 64;
-// Output features per task of the dense kernel (each task accumulates N GEMMs of this many
-// rows by the batch's columns).
-constexpr int64_t kDenseRows = 128;
 // Output pixels per GEMM call: the block the epilogue reads back from cache.
 constexpr int64_t kColumns = 256;
 
@@ -63,15 +59,15 @@ constexpr int64_t kColumns = 256;
 // cache serves this many samples (the read, not the multiply-add, bounds the synthesis).
 constexpr int64_t kGroup = 4;
 
-// Sixteen floats: one AVX-512 register, two AVX2 ones (GCC and Clang vector extensions).
-typedef float Vec16 __attribute__((vector_size(64)));
-
 // `dst[s * dst_stride + k] = sum_i coef[s * num_bases + i] * bank[i * stride + k]` for
-// `k < len` and `s < count` (at most `kGroup`): a group of samples' kernel rows. `coef`
-// holds `kGroup` rows of `num_bases` coefficients (rows past `count` are zeros).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void synthesize(
-    float* dst, int64_t dst_stride, int64_t count, const float* bank, const float* coef,
-    int64_t num_bases, int64_t stride, int64_t len) {
+// `k < len` and `s < count` (at most `kGroup`): a group of samples' kernel rows, summed in
+// fp32. `coef` holds `kGroup` rows of `num_bases` coefficients (rows past `count` are
+// zeros).
+template <typename T>
+inline __attribute__((always_inline)) void synthesize_rows(T* dst, int64_t dst_stride,
+                                                           int64_t count, const T* bank,
+                                                           const float* coef, int64_t num_bases,
+                                                           int64_t stride, int64_t len) {
   const float* c0 = coef;
   const float* c1 = coef + num_bases;
   const float* c2 = coef + 2 * num_bases;
@@ -80,113 +76,41 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void synthesize(
   for (; k + 16 <= len; k += 16) {
     Vec16 acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
     for (int64_t i = 0; i < num_bases; i++) {
-      Vec16 v;
-      __builtin_memcpy(&v, bank + i * stride + k, sizeof v);
+      const Vec16 v = load16(bank + i * stride + k);
       acc0 += c0[i] * v;
       acc1 += c1[i] * v;
       acc2 += c2[i] * v;
       acc3 += c3[i] * v;
     }
-    __builtin_memcpy(dst + k, &acc0, sizeof acc0);
-    if (count > 1) __builtin_memcpy(dst + dst_stride + k, &acc1, sizeof acc1);
-    if (count > 2) __builtin_memcpy(dst + 2 * dst_stride + k, &acc2, sizeof acc2);
-    if (count > 3) __builtin_memcpy(dst + 3 * dst_stride + k, &acc3, sizeof acc3);
+    store16(dst + k, acc0, 16);
+    if (count > 1) store16(dst + dst_stride + k, acc1, 16);
+    if (count > 2) store16(dst + 2 * dst_stride + k, acc2, 16);
+    if (count > 3) store16(dst + 3 * dst_stride + k, acc3, 16);
   }
   for (; k < len; k++) {
     for (int64_t s = 0; s < count; s++) {
       float sum = 0.0f;
-      for (int64_t i = 0; i < num_bases; i++) sum += coef[s * num_bases + i] * bank[i * stride + k];
-      dst[s * dst_stride + k] = sum;
-    }
-  }
-}
-
-// Batches of at most this many vectors run the dense kernel as a matrix-vector product
-// that streams the bank once (memory-bound: libtorch's GEMM, MKL's AVX2 code on AMD CPUs,
-// read the bank at a quarter of the memory's speed there); larger ones as batch-reduce
-// GEMMs.
-constexpr int64_t kStreamBatch = 4;
-
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef float Vec4 __attribute__((vector_size(16)));
-
-// Sum of a vector's sixteen lanes, halving it (two vector adds, then four lanes). Always
-// inlined: called apart (unoptimized builds), a 64-byte vector would pass from the AVX-512
-// clone of its caller to code built for the default target, whose ABI passes it otherwise.
-inline __attribute__((always_inline)) float lanes(Vec16 v) {
-  Vec8 lo, hi;
-  __builtin_memcpy(&lo, &v, sizeof lo);
-  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-  const Vec8 s8 = lo + hi;
-  Vec4 l4, h4;
-  __builtin_memcpy(&l4, &s8, sizeof l4);
-  __builtin_memcpy(&h4, reinterpret_cast<const char*>(&s8) + sizeof l4, sizeof h4);
-  const Vec4 s4 = l4 + h4;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
-}
-
-// `t[r * count + b] = dot(rows[r * len ...], x[b * len ...])` for `r < num_rows` and
-// `b < count` (at most `kStreamBatch`): each bank row read once for every vector. One
-// vector takes four rows at a time (four independent sums: 1.45x one row at a time).
-__attribute__((target_clones("avx512f", "avx2", "default"))) void dot_rows(
-    float* t, const float* rows, int64_t num_rows, const float* x, int64_t count, int64_t len) {
-  int64_t r = 0;
-  if (count == 1) {
-    for (; r + 4 <= num_rows; r += 4) {
-      const float* w = rows + r * len;
-      Vec16 acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
-      int64_t k = 0;
-      for (; k + 16 <= len; k += 16) {
-        Vec16 u, v0, v1, v2, v3;
-        __builtin_memcpy(&u, x + k, sizeof u);
-        __builtin_memcpy(&v0, w + k, sizeof u);
-        __builtin_memcpy(&v1, w + len + k, sizeof u);
-        __builtin_memcpy(&v2, w + 2 * len + k, sizeof u);
-        __builtin_memcpy(&v3, w + 3 * len + k, sizeof u);
-        acc0 += v0 * u;
-        acc1 += v1 * u;
-        acc2 += v2 * u;
-        acc3 += v3 * u;
+      for (int64_t i = 0; i < num_bases; i++) {
+        sum += coef[s * num_bases + i] * to_float(bank[i * stride + k]);
       }
-      float sums[4] = {lanes(acc0), lanes(acc1), lanes(acc2), lanes(acc3)};
-      for (; k < len; k++) {
-        for (int64_t q = 0; q < 4; q++) sums[q] += w[q * len + k] * x[k];
-      }
-      for (int64_t q = 0; q < 4; q++) t[r + q] = sums[q];
+      store1(dst + s * dst_stride + k, sum);
     }
-  }
-  const float* x0 = x;
-  const float* x1 = x + (count > 1 ? 1 : 0) * len;
-  const float* x2 = x + (count > 2 ? 2 : 0) * len;
-  const float* x3 = x + (count > 3 ? 3 : 0) * len;
-  for (; r < num_rows; r++) {
-    const float* w = rows + r * len;
-    Vec16 acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
-    int64_t k = 0;
-    for (; k + 16 <= len; k += 16) {
-      Vec16 v, u0, u1, u2, u3;
-      __builtin_memcpy(&v, w + k, sizeof v);
-      __builtin_memcpy(&u0, x0 + k, sizeof v);
-      __builtin_memcpy(&u1, x1 + k, sizeof v);
-      __builtin_memcpy(&u2, x2 + k, sizeof v);
-      __builtin_memcpy(&u3, x3 + k, sizeof v);
-      acc0 += v * u0;
-      acc1 += v * u1;
-      acc2 += v * u2;
-      acc3 += v * u3;
-    }
-    float sums[kStreamBatch] = {lanes(acc0), lanes(acc1), lanes(acc2), lanes(acc3)};
-    for (; k < len; k++) {
-      sums[0] += w[k] * x0[k];
-      sums[1] += w[k] * x1[k];
-      sums[2] += w[k] * x2[k];
-      sums[3] += w[k] * x3[k];
-    }
-    for (int64_t b = 0; b < count; b++) t[r * count + b] = sums[b];
   }
 }
 
-// `y = act(y + bias[r])` over `rows` rows of `n` values, `ld` apart.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void synthesize(
+    float* dst, int64_t dst_stride, int64_t count, const float* bank, const float* coef,
+    int64_t num_bases, int64_t stride, int64_t len) {
+  synthesize_rows(dst, dst_stride, count, bank, coef, num_bases, stride, len);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void synthesize(
+    Bf16* dst, int64_t dst_stride, int64_t count, const Bf16* bank, const float* coef,
+    int64_t num_bases, int64_t stride, int64_t len) {
+  synthesize_rows(dst, dst_stride, count, bank, coef, num_bases, stride, len);
+}
+
+// `y = act(y + bias[r])` over `rows` rows of `n` values, `ld` apart (fp32, in place).
 __attribute__((target_clones("avx512f", "avx2", "default"))) void epilogue(
     float* y, int64_t rows, int64_t n, int64_t ld, const float* bias, Act act, float lower,
     float upper) {
@@ -218,6 +142,231 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void epilogue(
   }
 }
 
+// `y = act(c + bias[r])` rounded to bf16, over `rows` rows of `n` values (`c` `ldc` apart,
+// `y` `ldy` apart), for one activation `A` (its branch out of the loop).
+template <Act A>
+inline __attribute__((always_inline)) void store_rows(Bf16* y, int64_t ldy, const float* c,
+                                                      int64_t ldc, int64_t rows, int64_t n,
+                                                      const float* bias, float lower,
+                                                      float upper) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float b = bias == nullptr ? 0.0f : bias[r];
+    const float* src = c + r * ldc;
+    Bf16* dst = y + r * ldy;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) store16(dst + j, activate(load16(src + j) + b, A, lower, upper), 16);
+    if (j < n) {
+      Vec16 v = {};
+      for (int64_t q = 0; q < n - j; q++) v[q] = src[j + q];
+      store16(dst + j, activate(v + b, A, lower, upper), n - j);
+    }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default"))) void epilogue_bf16(
+    Bf16* y, int64_t ldy, const float* c, int64_t ldc, int64_t rows, int64_t n,
+    const float* bias, Act act, float lower, float upper) {
+  switch (act) {
+    case Act::kNone:
+      return store_rows<Act::kNone>(y, ldy, c, ldc, rows, n, bias, lower, upper);
+    case Act::kRelu:
+      return store_rows<Act::kRelu>(y, ldy, c, ldc, rows, n, bias, lower, upper);
+    case Act::kClamp:
+      return store_rows<Act::kClamp>(y, ldy, c, ldc, rows, n, bias, lower, upper);
+    case Act::kHardswish:
+      return store_rows<Act::kHardswish>(y, ldy, c, ldc, rows, n, bias, lower, upper);
+    case Act::kHardsigmoid:
+      return store_rows<Act::kHardsigmoid>(y, ldy, c, ldc, rows, n, bias, lower, upper);
+  }
+}
+
+// Channels `2 * pair` and `2 * pair + 1` of one sample's `[cin, hw]` bf16 input as the
+// micro-kernel's pairs: `out[j] = (x[2 pair, j], x[2 pair + 1, j])`, zeros past `cin`.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void pack_pair(
+    uint32_t* out, const Bf16* x, int64_t cin, int64_t hw, int64_t pair) {
+  const Bf16* r0 = x + 2 * pair * hw;
+  if (2 * pair + 1 < cin) {
+    const Bf16* r1 = r0 + hw;
+    for (int64_t j = 0; j < hw; j++) {
+      out[j] = static_cast<uint32_t>(r0[j]) | (static_cast<uint32_t>(r1[j]) << 16);
+    }
+  } else {
+    for (int64_t j = 0; j < hw; j++) out[j] = r0[j];
+  }
+}
+
+// Whether libtorch's bf16 batch-reduce GEMM runs oneDNN's micro-kernel here and gives the
+// right product: tried once on a small problem of exact values (it needs AVX-512; without
+// it libtorch refuses pairs-packed operands).
+bool bf16_gemm_works() {
+  static const bool works = [] {
+    try {
+      constexpr int64_t m = 3, n = 16, k = 4;
+      std::vector<Bf16> a(m * k), b(k * n);
+      std::vector<float> c(m * n, -1.0f);
+      for (int64_t i = 0; i < m * k; i++) a[i] = basis_shim::to_bf16(static_cast<float>(i % 5) - 2.0f);
+      // b[kk][j] = kk - j % 3, stored as pairs: element (kk, j) at ((kk / 2) * n + j) * 2 + kk % 2.
+      for (int64_t kk = 0; kk < k; kk++) {
+        for (int64_t j = 0; j < n; j++) {
+          b[((kk / 2) * n + j) * 2 + kk % 2] = basis_shim::to_bf16(static_cast<float>(kk - j % 3));
+        }
+      }
+      at::native::cpublas::brgemm(m, n, k, k, n, n, false,
+                                  reinterpret_cast<const at::BFloat16*>(a.data()),
+                                  reinterpret_cast<const at::BFloat16*>(b.data()), c.data(), true);
+      at::native::cpublas::brgemm_release(true);
+      for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+          float want = 0.0f;
+          for (int64_t kk = 0; kk < k; kk++) {
+            want += to_float(a[i * k + kk]) * static_cast<float>(kk - j % 3);
+          }
+          if (c[i * n + j] != want) return false;
+        }
+      }
+      return true;
+    } catch (...) {
+      return false;
+    }
+  }();
+  return works;
+}
+
+// How a task splits the work: blocks of `rows` output channels, runs of `per_run` samples,
+// and column ranges of `per_split` pixels.
+struct Tiling {
+  int64_t rows, blocks, runs, per_run, splits, per_split;
+};
+
+// Tasks: a block of output channels for a run of samples (and, where that gives fewer than
+// two tasks per thread, as at batch 1, a range of output pixels). Each task synthesizes
+// each of its samples' rows from the same bank rows (kept in L2).
+Tiling tiling(int64_t batch, int64_t cin, int64_t cout, int64_t hw, int64_t num_bases,
+              int64_t element) {
+  Tiling t{};
+  const int64_t per_row = num_bases * cin * element;
+  t.rows = std::min(std::max(kBankBytes / per_row / kMinRows * kMinRows, kMinRows),
+                    std::min(kMaxRows, cout));
+  t.blocks = (cout + t.rows - 1) / t.rows;
+  const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
+  t.runs = std::max<int64_t>(1, std::min(batch, (wanted + t.blocks - 1) / t.blocks));
+  t.per_run = (batch + t.runs - 1) / t.runs;
+  const int64_t column_blocks = (hw + kColumns - 1) / kColumns;
+  t.splits = std::max<int64_t>(
+      1, std::min(column_blocks, (wanted + t.blocks * t.runs - 1) / (t.blocks * t.runs)));
+  t.per_split = (column_blocks + t.splits - 1) / t.splits * kColumns;
+  return t;
+}
+
+// The layer on fp32 operands (see `bc_pointwise_forward`).
+at::Tensor forward_f32(const at::Tensor& x, const float* as, const at::Tensor& w,
+                       const float* bs, Act act, float lo, float hi) {
+  const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t num_bases = w.size(0), cout = w.size(1);
+  at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
+  const float* xs = x.data_ptr<float>();
+  const float* ws = w.data_ptr<float>();
+  float* ys = y.data_ptr<float>();
+  const Tiling t = tiling(batch, cin, cout, hw, num_bases, sizeof(float));
+  at::parallel_for(0, t.blocks * t.runs * t.splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> kernel(static_cast<size_t>(kGroup * t.rows * cin));
+    std::vector<float> coef(static_cast<size_t>(kGroup * num_bases));
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t split = task % t.splits, run = task / t.splits % t.runs;
+      const int64_t r0 = task / t.splits / t.runs * t.rows;
+      const int64_t m = std::min(t.rows, cout - r0);
+      const int64_t j_end = std::min(hw, (split + 1) * t.per_split);
+      const int64_t b_end = std::min(batch, (run + 1) * t.per_run);
+      for (int64_t g = run * t.per_run; g < b_end; g += kGroup) {
+        const int64_t count = std::min(kGroup, b_end - g);
+        std::fill(coef.begin(), coef.end(), 0.0f);
+        std::copy(as + g * num_bases, as + (g + count) * num_bases, coef.begin());
+        synthesize(kernel.data(), t.rows * cin, count, ws + r0 * cin, coef.data(), num_bases,
+                   cout * cin, m * cin);
+        for (int64_t s = 0; s < count; s++) {
+          const int64_t b = g + s;
+          const float* xb = xs + b * cin * hw;
+          float* yb = ys + (b * cout + r0) * hw;
+          const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
+          for (int64_t j = split * t.per_split; j < j_end; j += kColumns) {
+            const int64_t n = std::min(kColumns, j_end - j);
+            at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false,
+                                        kernel.data() + s * t.rows * cin, xb + j, yb + j, false);
+            epilogue(yb + j, m, n, hw, bb, act, lo, hi);
+          }
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(false);
+  });
+  return y;
+}
+
+// The layer on bf16 input and bank (see `bc_pointwise_forward`): the kernel rows have
+// `cin` rounded up to even columns (a zero column for an odd `cin`), the input is packed
+// in pairs of channels first.
+at::Tensor forward_bf16(const at::Tensor& x, const float* as, const at::Tensor& w,
+                        const float* bs, Act act, float lo, float hi) {
+  const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
+  const int64_t num_bases = w.size(0), cout = w.size(1);
+  const int64_t pairs = (cin + 1) / 2, kp = 2 * pairs;
+  at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
+  at::Tensor packed = at::empty({batch, pairs, hw, 2}, x.options());
+  const auto* xs = static_cast<const Bf16*>(x.data_ptr());
+  const auto* ws = static_cast<const Bf16*>(w.data_ptr());
+  auto* ps = static_cast<Bf16*>(packed.data_ptr());
+  auto* ys = static_cast<Bf16*>(y.data_ptr());
+  at::parallel_for(0, batch * pairs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; q++) {
+      const int64_t b = q / pairs, pair = q % pairs;
+      pack_pair(reinterpret_cast<uint32_t*>(ps) + q * hw, xs + b * cin * hw, cin, hw, pair);
+    }
+  });
+  const Tiling t = tiling(batch, cin, cout, hw, num_bases, sizeof(Bf16));
+  at::parallel_for(0, t.blocks * t.runs * t.splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Bf16> kernel(static_cast<size_t>(kGroup * t.rows * kp), 0);
+    std::vector<float> coef(static_cast<size_t>(kGroup * num_bases));
+    std::vector<float> block(static_cast<size_t>(t.rows * kColumns));
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t split = task % t.splits, run = task / t.splits % t.runs;
+      const int64_t r0 = task / t.splits / t.runs * t.rows;
+      const int64_t m = std::min(t.rows, cout - r0);
+      const int64_t j_end = std::min(hw, (split + 1) * t.per_split);
+      const int64_t b_end = std::min(batch, (run + 1) * t.per_run);
+      for (int64_t g = run * t.per_run; g < b_end; g += kGroup) {
+        const int64_t count = std::min(kGroup, b_end - g);
+        std::fill(coef.begin(), coef.end(), 0.0f);
+        std::copy(as + g * num_bases, as + (g + count) * num_bases, coef.begin());
+        if (kp == cin) {
+          synthesize(kernel.data(), t.rows * kp, count, ws + r0 * cin, coef.data(), num_bases,
+                     cout * cin, m * cin);
+        } else {
+          for (int64_t r = 0; r < m; r++) {
+            synthesize(kernel.data() + r * kp, t.rows * kp, count, ws + (r0 + r) * cin,
+                       coef.data(), num_bases, cout * cin, cin);
+          }
+        }
+        for (int64_t s = 0; s < count; s++) {
+          const int64_t b = g + s;
+          const Bf16* pb = ps + b * kp * hw;
+          Bf16* yb = ys + (b * cout + r0) * hw;
+          const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
+          for (int64_t j = split * t.per_split; j < j_end; j += kColumns) {
+            const int64_t n = std::min(kColumns, j_end - j);
+            at::native::cpublas::brgemm(
+                m, n, kp, kp, hw, n, false,
+                reinterpret_cast<const at::BFloat16*>(kernel.data() + s * t.rows * kp),
+                reinterpret_cast<const at::BFloat16*>(pb + 2 * j), block.data(), true);
+            epilogue_bf16(yb + j, hw, block.data(), n, m, n, bb, act, lo, hi);
+          }
+        }
+      }
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+  return y;
+}
+
 }  // namespace
 
 extern "C" {
@@ -226,14 +375,19 @@ extern "C" {
 // the eager layers' GEMMs in its own dtype), checked before their arguments are built.
 int bc_cpu_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCPU) ? 1 : 0; }
 
+// 1 where the kernels take bf16 operands: libtorch's bf16 batch-reduce GEMM runs oneDNN's
+// micro-kernel and gave the right product on a first try (needs AVX-512).
+int bc_bf16_gemm() { return bf16_gemm_works() ? 1 : 0; }
+
 // `act(W_b x_b + bias_b)` for every sample `b` of `input` `[B, Cin, H, W]`, with
 // `W_b = sum_i alpha[b, i] * bank[i]` (`alpha` `[B, N]`, `bank` `[N, Cout, Cin, 1, 1]`,
 // `bias` `[B, Cout]` or null), written into a new `[B, Cout, H, W]` tensor `*out`. The
 // activation `attr` is named as for the fused convolution ("none", "relu", "hardtanh"
-// with `lower`/`upper`, "hardswish", "hardsigmoid"). Every tensor must be fp32, on the
-// CPU and contiguous; the caller checks (a mismatch is an error here, not a fallback).
-// Under CPU autocast `*out` stays null (autocast would run the GEMM in its own dtype) and
-// the caller runs the eager layers.
+// with `lower`/`upper`, "hardswish", "hardsigmoid"). `input` and `bank` are both fp32, or
+// both bf16 where `bc_bf16_gemm` is 1; `alpha` and `bias` are read in fp32; all on the CPU
+// and contiguous. The caller checks (a mismatch is an error here, not a fallback). Under
+// CPU autocast `*out` stays null (autocast would run the GEMM in its own dtype) and the
+// caller runs the eager layers.
 char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank,
                            at::Tensor* bias, const char* attr, double lower, double upper,
                            at::Tensor** out) {
@@ -241,139 +395,29 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     *out = nullptr;
     if (at::autocast::is_autocast_enabled(at::kCPU)) return nullptr;
     const at::Tensor& x = *input;
-    const at::Tensor& a = *alpha;
     const at::Tensor& w = *bank;
     Act act;
     if (!parse(attr, &act)) return message("the per-sample 1x1 kernel got an unknown activation");
-    if (!(plain(x, 4) && plain(a, 2) && plain(w, 5))) return message("the per-sample 1x1 kernel needs contiguous fp32 CPU operands of 4, 2 and 5 dimensions");
-    const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
+    const at::ScalarType type = x.scalar_type();
+    const bool typed = type == at::kFloat || (type == at::kBFloat16 && bf16_gemm_works());
+    if (!(typed && plain(x, 4, type) && plain(w, 5, type) && alpha->dim() == 2 &&
+          alpha->device().is_cpu())) {
+      return message("the per-sample 1x1 kernel needs contiguous CPU input and bank of 4 and 5 dimensions, both fp32 or both bf16 (where the bf16 GEMM runs), and coefficients of 2");
+    }
+    const at::Tensor a = alpha->to(at::kFloat).contiguous();
+    const at::Tensor bf = bias == nullptr ? at::Tensor() : bias->to(at::kFloat).contiguous();
+    const int64_t batch = x.size(0), cin = x.size(1);
     const int64_t num_bases = w.size(0), cout = w.size(1);
     const bool fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin &&
-                      w.size(3) == 1 && w.size(4) == 1 && bias_fits(bias, batch, cout);
+                      w.size(3) == 1 && w.size(4) == 1 &&
+                      (!bf.defined() ||
+                       (bf.dim() == 2 && bf.size(0) == batch && bf.size(1) == cout));
     if (!fits) return message("the per-sample 1x1 kernel got operands whose shapes do not match");
-    at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
-    const float* xs = x.data_ptr<float>();
     const float* as = a.data_ptr<float>();
-    const float* ws = w.data_ptr<float>();
-    const float* bs = bias == nullptr ? nullptr : bias->data_ptr<float>();
-    float* ys = y.data_ptr<float>();
-    // Tasks: a block of output channels for a run of samples (and, where that gives fewer
-    // than two tasks per thread, as at batch 1, a range of output pixels). Each task
-    // synthesizes each of its samples' rows from the same bank rows (kept in L2).
-    const int64_t per_row = num_bases * cin * static_cast<int64_t>(sizeof(float));
-    const int64_t rows = std::min(std::max(kBankBytes / per_row / kMinRows * kMinRows, kMinRows),
-                                  std::min(kMaxRows, cout));
-    const int64_t blocks = (cout + rows - 1) / rows;
-    const int64_t wanted = 2 * static_cast<int64_t>(at::get_num_threads());
-    const int64_t runs = std::max<int64_t>(1, std::min(batch, (wanted + blocks - 1) / blocks));
-    const int64_t per_run = (batch + runs - 1) / runs;
-    const int64_t column_blocks = (hw + kColumns - 1) / kColumns;
-    const int64_t splits =
-        std::max<int64_t>(1, std::min(column_blocks, (wanted + blocks * runs - 1) / (blocks * runs)));
-    const int64_t per_split = (column_blocks + splits - 1) / splits * kColumns;
+    const float* bs = bf.defined() ? bf.data_ptr<float>() : nullptr;
     const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
-    at::parallel_for(0, blocks * runs * splits, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> kernel(static_cast<size_t>(kGroup * rows * cin));
-      std::vector<float> coef(static_cast<size_t>(kGroup * num_bases));
-      for (int64_t task = begin; task < end; task++) {
-        const int64_t split = task % splits, run = task / splits % runs;
-        const int64_t r0 = task / splits / runs * rows;
-        const int64_t m = std::min(rows, cout - r0);
-        const int64_t j_end = std::min(hw, (split + 1) * per_split);
-        const int64_t b_end = std::min(batch, (run + 1) * per_run);
-        for (int64_t g = run * per_run; g < b_end; g += kGroup) {
-          const int64_t count = std::min(kGroup, b_end - g);
-          std::fill(coef.begin(), coef.end(), 0.0f);
-          std::copy(as + g * num_bases, as + (g + count) * num_bases, coef.begin());
-          synthesize(kernel.data(), rows * cin, count, ws + r0 * cin, coef.data(), num_bases,
-                     cout * cin, m * cin);
-          for (int64_t s = 0; s < count; s++) {
-            const int64_t b = g + s;
-            const float* xb = xs + b * cin * hw;
-            float* yb = ys + (b * cout + r0) * hw;
-            const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
-            for (int64_t j = split * per_split; j < j_end; j += kColumns) {
-              const int64_t n = std::min(kColumns, j_end - j);
-              at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false,
-                                          kernel.data() + s * rows * cin, xb + j, yb + j, false);
-              epilogue(yb + j, m, n, hw, bb, act, lo, hi);
-            }
-          }
-        }
-      }
-      at::native::cpublas::brgemm_release(false);
-    });
-    *out = new at::Tensor(std::move(y));
-    return nullptr;
-  });
-}
-
-// `y[b] = sum_i alpha[b, i] * bank[i] x[b] + bias[b]` for `x` `[B, Cin]`, `alpha` `[B, N]`,
-// `bank` `[N, Cout, Cin]` and `bias` `[B, Cout]` or null, into a new `[B, Cout]` tensor
-// `*out`. Requirements as for `bc_pointwise_forward` (null `*out` under CPU autocast).
-char* bc_dense_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* bank, at::Tensor* bias,
-                       at::Tensor** out) {
-  return basis_shim::guarded("the per-sample dense kernel", [&]() -> char* {
-    *out = nullptr;
-    if (at::autocast::is_autocast_enabled(at::kCPU)) return nullptr;
-    const at::Tensor& x = *input;
-    const at::Tensor& a = *alpha;
-    const at::Tensor& w = *bank;
-    if (!(plain(x, 2) && plain(a, 2) && plain(w, 3))) return message("the per-sample dense kernel needs contiguous fp32 CPU operands of 2, 2 and 3 dimensions");
-    const int64_t batch = x.size(0), cin = x.size(1), num_bases = w.size(0), cout = w.size(1);
-    const bool fits = a.size(0) == batch && a.size(1) == num_bases && w.size(2) == cin &&
-                      bias_fits(bias, batch, cout);
-    if (!fits) return message("the per-sample dense kernel got operands whose shapes do not match");
-    const float* ws = w.data_ptr<float>();
-    const float* bs = bias == nullptr ? nullptr : bias->data_ptr<float>();
-    if (batch <= kStreamBatch) {
-      // t[i * cout + o, b] = bank[i, o] . x[b]; y[b, o] = sum_i alpha[b, i] t[i * cout + o, b].
-      at::Tensor t = at::empty({num_bases * cout, batch}, x.options());
-      at::Tensor y = at::empty({batch, cout}, x.options());
-      const float* xs = x.data_ptr<float>();
-      const float* as = a.data_ptr<float>();
-      float* ts = t.data_ptr<float>();
-      float* ys = y.data_ptr<float>();
-      at::parallel_for(0, num_bases * cout, 64, [&](int64_t begin, int64_t end) {
-        dot_rows(ts + begin * batch, ws + begin * cin, end - begin, xs, batch, cin);
-      });
-      for (int64_t b = 0; b < batch; b++) {
-        for (int64_t o = 0; o < cout; o++) {
-          float sum = bs == nullptr ? 0.0f : bs[b * cout + o];
-          for (int64_t i = 0; i < num_bases; i++) {
-            sum += as[b * num_bases + i] * ts[(i * cout + o) * batch + b];
-          }
-          ys[b * cout + o] = sum;
-        }
-      }
-      *out = new at::Tensor(std::move(y));
-      return nullptr;
-    }
-    // scaled[i, k, b] = alpha[b, i] * x[b, k]: basis i's GEMM input, samples as columns.
-    at::Tensor scaled = (a.t().unsqueeze(1) * x.t().unsqueeze(0)).contiguous();
-    at::Tensor y = at::empty({batch, cout}, x.options());
-    const float* ss = scaled.data_ptr<float>();
-    float* ys = y.data_ptr<float>();
-    const int64_t rows = std::min(kDenseRows, cout);
-    const int64_t blocks = (cout + rows - 1) / rows;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> block(static_cast<size_t>(rows * batch));
-      for (int64_t task = begin; task < end; task++) {
-        const int64_t o0 = task * rows, m = std::min(rows, cout - o0);
-        for (int64_t i = 0; i < num_bases; i++) {
-          at::native::cpublas::brgemm(m, batch, cin, cin, batch, batch, i > 0,
-                                      ws + (i * cout + o0) * cin, ss + i * cin * batch,
-                                      block.data(), false);
-        }
-        for (int64_t b = 0; b < batch; b++) {
-          float* yb = ys + b * cout + o0;
-          for (int64_t r = 0; r < m; r++) {
-            yb[r] = block[r * batch + b] + (bs == nullptr ? 0.0f : bs[b * cout + o0 + r]);
-          }
-        }
-      }
-      at::native::cpublas::brgemm_release(false);
-    });
+    at::Tensor y = type == at::kFloat ? forward_f32(x, as, w, bs, act, lo, hi)
+                                      : forward_bf16(x, as, w, bs, act, lo, hi);
     *out = new at::Tensor(std::move(y));
     return nullptr;
   });

@@ -146,21 +146,23 @@ pub fn available() -> bool {
 /// Whether a basis layer's inference kernels (the per-sample 1x1, dense and depthwise
 /// kernels of [`crate::Strategy`], which read contiguous NCHW activations) run for
 /// coefficients or activations like `t` on this thread: the fused path on
-/// ([`set_enabled`]), fp32 on the CPU, no CPU autocast, no gradient needed. A model's
+/// ([`set_enabled`]), fp32 on the CPU (or bf16 where libtorch's bf16 batch-reduce GEMM
+/// runs oneDNN's micro-kernel: AVX-512), no CPU autocast, no gradient needed. A model's
 /// `Layout::Auto` keeps a batch of one contiguous where they do.
 ///
 /// ```
 /// use tch::{Device, Kind, Tensor};
 /// let alpha = Tensor::ones([1, 8], (Kind::Float, Device::Cpu));
 /// assert!(tch::no_grad(|| basis_core::fused::per_sample_kernels_run(&alpha)));
-/// assert!(!basis_core::fused::per_sample_kernels_run(&alpha.to_kind(Kind::BFloat16)));
+/// assert!(!basis_core::fused::per_sample_kernels_run(&alpha.to_kind(Kind::Half)));
 /// ```
 pub fn per_sample_kernels_run(t: &Tensor) -> bool {
     let gradient = grad_enabled() && t.requires_grad();
     ENABLED.load(Ordering::Relaxed)
         && !crate::pointwise::cpu_autocast()
         && t.device() == tch::Device::Cpu
-        && t.kind() == tch::Kind::Float
+        && (t.kind() == tch::Kind::Float
+            || (t.kind() == tch::Kind::BFloat16 && crate::pointwise::bf16_gemm()))
         && !gradient
 }
 

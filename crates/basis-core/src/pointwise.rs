@@ -1,14 +1,22 @@
 //! The per-sample 1x1 convolution at inference in one pass (`cpp/pointwise.cpp`): for
 //! each sample and block of 8 to 64 output channels (as many as keep their bank rows in
 //! L2), the kernel rows are synthesized from the bank into a buffer that stays in cache
-//! (four samples at a time, so that each bank row read from L2 serves four), multiplied with the sample's input by libtorch's batch-reduce GEMM (oneDNN's
-//! micro-kernel), and the bias (a folded batch norm included) and the activation are
-//! applied to each block of output while it is in cache.
+//! (four samples at a time, so that each bank row read from L2 serves four), multiplied
+//! with the sample's input by libtorch's batch-reduce GEMM (oneDNN's micro-kernel), and
+//! the bias (a folded batch norm included) and the activation are applied to each block of
+//! output while it is in cache.
 //!
 //! [`crate::Strategy::BatchedMatmul`] runs it where it gives the eager result: fp32 on the
 //! CPU, a contiguous NCHW input, a plain 1x1 kernel (stride 1, no padding, one group), no
 //! gradient needed, no CPU autocast, fused kernels on ([`crate::fused::set_enabled`]).
-//! Elsewhere the layer runs as synthesis, `baddbmm` and activation, with autograd.
+//! Elsewhere the layer runs as synthesis, `baddbmm` and activation, with autograd. A model
+//! cast to bf16 takes it for batches of up to 8 where libtorch's bf16 batch-reduce GEMM
+//! runs oneDNN's micro-kernel (AVX-512): the kernel rows are synthesized in fp32 and
+//! rounded to bf16, the input is packed in pairs of channels (the micro-kernel's layout),
+//! products accumulate in fp32 and the output is rounded once. `basisnet-mv3` bf16 at
+//! batch 1: 1.20x (1.11-1.23x, 3 alternating rounds; fp32 unchanged, 0.97-1.01x), with
+//! one image kept NCHW as in fp32 (88.0 against 79.3 images/s in `channels_last`, one
+//! run).
 //!
 //! A layer on one vector per sample (a linear layer, a 1x1 convolution on a 1x1 input such
 //! as squeeze-excite's) has its own one-pass kernel: for batches above four the GEMMs of
@@ -19,7 +27,8 @@
 //! for batches of one to four, memory-bound, the bank streams once through dot products
 //! with every sample's vector on all threads (libtorch's matrix-vector product, MKL's AVX2
 //! code on AMD, read it at a quarter of the memory's speed there), and each sample's N
-//! results are mixed after.
+//! results are mixed after (`cpp/dense.cpp`; a bf16 bank streams as bf16, half the bytes,
+//! into fp32 sums).
 //!
 //! Measured on a 2-core AMD EPYC (AVX-512; MKL runs its AVX2 code there), PyTorch 2.13,
 //! `basisnet-mv3` fp32 with both kernels against the code before them, 6 alternating
@@ -53,6 +62,7 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn bc_cpu_autocast_enabled() -> std::os::raw::c_int;
+    fn bc_bf16_gemm() -> std::os::raw::c_int;
     fn bc_dense_forward(
         input: *mut C_tensor,
         alpha: *mut C_tensor,
@@ -68,6 +78,21 @@ pub(crate) fn cpu_autocast() -> bool {
     unsafe { bc_cpu_autocast_enabled() == 1 }
 }
 
+/// Whether the 1x1 kernel takes bf16 operands here: libtorch's bf16 batch-reduce GEMM runs
+/// oneDNN's micro-kernel (AVX-512) and gave the right product on a first try (asked once).
+pub(crate) fn bf16_gemm() -> bool {
+    static WORKS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // SAFETY: no arguments; the shim catches its own exceptions.
+    *WORKS.get_or_init(|| unsafe { bc_bf16_gemm() == 1 })
+}
+
+/// The largest batch the 1x1 kernel takes in bf16 (`basisnet-mv3` images/s, kernel
+/// against the eager bf16 layers, which run oneDNN's bf16 code too): batch 2 1.10-1.23x,
+/// batch 8 1.06-1.10x (2 runs each), batch 16 0.90-1.05x (3 runs), batch 32 0.90-0.97x
+/// (2 runs; on wide planes the kernel's separate bf16 store costs more than the GEMM
+/// saves).
+const BF16_MAX_BATCH: i64 = 8;
+
 /// Whether the one-pass kernel gives the eager result for these operands (see the module's
 /// notes); the caller checks it before building the kernel's arguments.
 pub(crate) fn applies(input: &Tensor, bank: &Tensor, geometry: &Conv2dGeometry) -> bool {
@@ -75,14 +100,20 @@ pub(crate) fn applies(input: &Tensor, bank: &Tensor, geometry: &Conv2dGeometry) 
         && geometry.groups == 1
         && geometry.stride == [1, 1]
         && geometry.padding == [0, 0];
-    let fp32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    let typed = match input.kind() {
+        Kind::Float => true,
+        Kind::BFloat16 => bf16_gemm() && input.dim() == 4 && input.size()[0] <= BF16_MAX_BATCH,
+        _ => false,
+    };
     let no_grad = !grad_enabled() || !(input.requires_grad() || bank.requires_grad());
     enabled()
         && !cpu_autocast()
         && plain
         && no_grad
-        && fp32_cpu(input)
-        && fp32_cpu(bank)
+        && typed
+        && input.device() == Device::Cpu
+        && bank.device() == Device::Cpu
+        && bank.kind() == input.kind()
         && input.dim() == 4
         && input.is_contiguous()
         && !is_channels_last(input)
@@ -140,15 +171,21 @@ pub(crate) fn forward(
 }
 
 /// Whether the dense one-pass kernel runs for `x` `[B, in]` and `bank` `[N, out, in]`: as
-/// [`applies`], for any batch.
+/// [`applies`], fp32 for any batch, bf16 for batches of at most four (streamed).
 pub(crate) fn dense_applies(x: &Tensor, bank: &Tensor) -> bool {
-    let fp32_cpu = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
     let no_grad = !grad_enabled() || !(x.requires_grad() || bank.requires_grad());
+    let typed = match x.kind() {
+        Kind::Float => true,
+        Kind::BFloat16 => x.dim() == 2 && x.size()[0] <= STREAM_BATCH,
+        _ => false,
+    };
     enabled()
         && !cpu_autocast()
         && no_grad
-        && fp32_cpu(x)
-        && fp32_cpu(bank)
+        && typed
+        && x.device() == Device::Cpu
+        && bank.device() == Device::Cpu
+        && bank.kind() == x.kind()
         && x.dim() == 2
         && bank.dim() == 3
 }

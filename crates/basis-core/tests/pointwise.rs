@@ -4,7 +4,8 @@
 //! activation fused only where the kernel runs; out of the way under CPU autocast. And the
 //! one-pass kernel of layers on one vector per sample (linear layers, 1x1 convolutions on
 //! a 1x1 input, `Strategy::MixOutputs`): equal to the reference, out of the way under
-//! autocast.
+//! autocast. On a model cast to bf16 (where the kernels take it): within bf16's rounding
+//! of the reference computed in fp32 from the same bf16 values.
 
 use basis_amp::{autocast, Precision};
 use basis_core::{fused, timing, Activation, BasisConv2d, BasisLinear, Conv2dGeometry, Strategy};
@@ -12,6 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
+const BF16: Kind = Kind::BFloat16;
 
 /// The fused switch and the profile are process-wide: the tests of this file run one at a
 /// time.
@@ -28,6 +30,31 @@ struct Case {
     bias: Option<Tensor>,
     scale: Tensor,
     shift: Tensor,
+}
+
+/// `c` cast to bf16 (the layer from the rounded bank, `Strategy::BatchedMatmul`), and the
+/// same rounded values in fp32 for the reference.
+fn rounded(c: &Case) -> (Case, Case) {
+    let size = c.bank.size();
+    let g = Conv2dGeometry::new(size[2], size[1], 1);
+    let cast = |t: &Tensor| t.to_kind(BF16);
+    let up = |t: &Tensor| t.to_kind(BF16).to_kind(Kind::Float);
+    let build = |f: &dyn Fn(&Tensor) -> Tensor| {
+        let bank = f(&c.bank);
+        let bias = c.bias.as_ref().map(f);
+        Case {
+            layer: BasisConv2d::from_bank(&bank, bias.as_ref(), g)
+                .unwrap()
+                .with_strategy(Strategy::BatchedMatmul),
+            x: f(&c.x),
+            alpha: f(&c.alpha),
+            bank,
+            bias,
+            scale: f(&c.scale),
+            shift: f(&c.shift),
+        }
+    };
+    (build(&cast), build(&up))
 }
 
 /// A 1x1 layer of `bases` bases from `cin` to `cout` channels on `batch` inputs of `hw`.
@@ -123,6 +150,59 @@ fn one_pass_kernel_equals_the_per_sample_reference() {
                 &format!("{cin}->{cout} on {hw:?}, batch {batch}, {bases} bases, {act:?}"),
                 &y,
                 &reference(&c, *act),
+            );
+        }
+    }
+}
+
+/// `|ours - reference| <= tol * (1 + |reference|)` everywhere, `ours` read in fp32.
+fn assert_within(what: &str, ours: &Tensor, reference: &Tensor, tol: f64) {
+    assert_eq!(ours.size(), reference.size(), "{what}: shape");
+    let excess = ((ours.to_kind(Kind::Float) - reference).abs() - (reference.abs() + 1.0) * tol)
+        .max()
+        .double_value(&[]);
+    assert!(excess <= 0.0, "{what}: exceeds {tol:e} by {excess:e}");
+}
+
+#[test]
+fn bf16_kernel_is_within_rounding_of_the_reference() {
+    let _serial = serial();
+    // Where libtorch's bf16 batch-reduce GEMM runs oneDNN's micro-kernel (AVX-512).
+    let kernels = fused::per_sample_kernels_run(&Tensor::ones([1, 1], (BF16, Device::Cpu)));
+    // (cin, cout, hw, batch, bases, bias): an odd input width (pairs padded with a zero
+    // channel), several row blocks with a remainder, column blocks with a remainder, a
+    // batch of one split by pixels, groups of four samples with a remainder (nine: above
+    // 8, the eager bf16 layers), and a batch of 6.
+    let shapes = [
+        (23, 70, (17, 16), 3, 8, true),
+        (960, 20, (3, 3), 2, 8, true),
+        (16, 40, (24, 24), 1, 4, false),
+        (24, 200, (6, 6), 9, 8, true),
+        (40, 24, (5, 5), 6, 4, true),
+    ];
+    for &(cin, cout, hw, batch, bases, bias) in &shapes {
+        let (c, up) = rounded(&case(cin, cout, hw, batch, bases, bias));
+        for act in [
+            Activation::Hardswish,
+            Activation::RELU6,
+            Activation::Identity,
+        ] {
+            let what = format!("bf16 {cin}->{cout} on {hw:?}, batch {batch}, {act:?}");
+            let mut outputs = Vec::new();
+            let works = profiled(|| {
+                let y = tch::no_grad(|| ours(&c, act));
+                outputs.push(y.shallow_clone());
+                y
+            });
+            assert_eq!(outputs[0].kind(), BF16, "{what}: kind");
+            // One rounding of the kernel rows, the folded batch norm's and the output's.
+            assert_within(&what, &outputs[0], &reference(&up, act), 2e-2);
+            let kernel = kernels && batch <= 8;
+            // The eager layers synthesize the kernels in a pass of their own.
+            let apart = works.iter().any(|w| w == "kernel synthesis");
+            assert_eq!(
+                apart, !kernel,
+                "{what}: the kernel ran: {kernel}; {works:?}"
             );
         }
     }
@@ -246,6 +326,49 @@ fn dense_kernel_equals_the_per_sample_reference() {
             &format!("1x1 conv {what}"),
             &y.view([batch, out]),
             &expected,
+        );
+    }
+}
+
+#[test]
+fn bf16_dense_kernel_is_within_rounding_of_the_reference() {
+    let _serial = serial();
+    // Batches of one to four stream the bf16 bank; a batch of five runs the eager layers.
+    for &(inp, out, batch, bases) in &[
+        (960, 130, 1, 8),
+        (40, 33, 3, 3),
+        (13, 20, 4, 2),
+        (24, 72, 5, 4),
+    ] {
+        tch::manual_seed(inp + out);
+        let round = |t: Tensor| t.to_kind(BF16);
+        let bank = round(Tensor::randn([bases, out, inp], CPU) / (inp as f64).sqrt());
+        let bias_bank = round(Tensor::randn([bases, out], CPU));
+        let x = round(Tensor::randn([batch, inp], CPU));
+        let alpha = round(Tensor::randn([batch, bases], CPU).softmax(-1, Kind::Float));
+        let up = |t: &Tensor| t.to_kind(Kind::Float);
+        let expected = reference_linear(&up(&x), &up(&alpha), &up(&bank), Some(&up(&bias_bank)));
+        let linear = BasisLinear::from_bank(&bank, Some(&bias_bank)).unwrap();
+        let y = tch::no_grad(|| linear.forward_with(&x, &alpha, Strategy::MixOutputs)).unwrap();
+        assert_eq!(y.kind(), BF16);
+        assert_within(
+            &format!("bf16 linear {inp}->{out}, batch {batch}"),
+            &y,
+            &expected,
+            1e-2,
+        );
+        // A static layer (one basis) on the same vectors takes the streamed kernel too.
+        let weight = bank.get(0);
+        let bias = bias_bank.get(0);
+        let single =
+            BasisLinear::from_bank(&weight.unsqueeze(0), Some(&bias.unsqueeze(0))).unwrap();
+        let y = tch::no_grad(|| single.forward_static(&x)).unwrap();
+        let expected = up(&x).linear(&up(&weight), Some(&up(&bias)));
+        assert_within(
+            &format!("bf16 static linear {inp}->{out}, batch {batch}"),
+            &y,
+            &expected,
+            1e-2,
         );
     }
 }

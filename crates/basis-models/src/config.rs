@@ -157,8 +157,9 @@ impl MobileNetConfig {
 pub enum Layout {
     /// `channels_last` when every basis layer runs one kernel for the whole batch (a
     /// static network, a batch of one, a single coefficient row), contiguous otherwise,
-    /// and for one image through basis layers whose fp32 CPU inference kernels run
-    /// (`basis_core::fused::per_sample_kernels_run`: they read NCHW).
+    /// and for one image through basis layers whose CPU inference kernels run (fp32, or
+    /// bf16 where libtorch's bf16 micro-kernel does; `basis_core::fused::per_sample_kernels_run`:
+    /// they read NCHW).
     #[default]
     Auto,
     /// Always `channels_last` (NHWC in memory).
