@@ -22,6 +22,7 @@
 #include <ATen/native/CPUBlas.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "act.h"
@@ -258,75 +259,54 @@ Tiling tiling(int64_t batch, int64_t cin, int64_t cout, int64_t hw, int64_t num_
   return t;
 }
 
-// The layer on fp32 operands (see `bc_pointwise_forward`).
-at::Tensor forward_f32(const at::Tensor& x, const float* as, const at::Tensor& w,
-                       const float* bs, Act act, float lo, float hi) {
-  const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
-  const int64_t num_bases = w.size(0), cout = w.size(1);
-  at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
-  const float* xs = x.data_ptr<float>();
-  const float* ws = w.data_ptr<float>();
-  float* ys = y.data_ptr<float>();
-  const Tiling t = tiling(batch, cin, cout, hw, num_bases, sizeof(float));
-  at::parallel_for(0, t.blocks * t.runs * t.splits, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> kernel(static_cast<size_t>(kGroup * t.rows * cin));
-    std::vector<float> coef(static_cast<size_t>(kGroup * num_bases));
-    for (int64_t task = begin; task < end; task++) {
-      const int64_t split = task % t.splits, run = task / t.splits % t.runs;
-      const int64_t r0 = task / t.splits / t.runs * t.rows;
-      const int64_t m = std::min(t.rows, cout - r0);
-      const int64_t j_end = std::min(hw, (split + 1) * t.per_split);
-      const int64_t b_end = std::min(batch, (run + 1) * t.per_run);
-      for (int64_t g = run * t.per_run; g < b_end; g += kGroup) {
-        const int64_t count = std::min(kGroup, b_end - g);
-        std::fill(coef.begin(), coef.end(), 0.0f);
-        std::copy(as + g * num_bases, as + (g + count) * num_bases, coef.begin());
-        synthesize(kernel.data(), t.rows * cin, count, ws + r0 * cin, coef.data(), num_bases,
-                   cout * cin, m * cin);
-        for (int64_t s = 0; s < count; s++) {
-          const int64_t b = g + s;
-          const float* xb = xs + b * cin * hw;
-          float* yb = ys + (b * cout + r0) * hw;
-          const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
-          for (int64_t j = split * t.per_split; j < j_end; j += kColumns) {
-            const int64_t n = std::min(kColumns, j_end - j);
-            at::native::cpublas::brgemm(m, n, cin, cin, hw, hw, false,
-                                        kernel.data() + s * t.rows * cin, xb + j, yb + j, false);
-            epilogue(yb + j, m, n, hw, bb, act, lo, hi);
-          }
-        }
-      }
-    }
-    at::native::cpublas::brgemm_release(false);
-  });
-  return y;
+// The products of one sample's block: `m` kernel rows (`ld_a` apart) by `n` columns of its
+// input from column `j` (fp32: the input itself, `[cin, hw]`; bf16: the input packed in
+// pairs of channels, `[cin / 2, hw, 2]`), with the bias and the activation, into `y`'s
+// rows (`hw` apart) from column `j`. fp32 accumulates in `y` itself, bf16 in `block`.
+void block_product(int64_t m, int64_t n, int64_t k, int64_t hw, const float* a,
+                   const float* input, int64_t j, float* y, float* /*block*/,
+                   const float* bias, Act act, float lo, float hi) {
+  at::native::cpublas::brgemm(m, n, k, k, hw, hw, false, a, input + j, y + j, false);
+  epilogue(y + j, m, n, hw, bias, act, lo, hi);
+}
+void block_product(int64_t m, int64_t n, int64_t k, int64_t hw, const Bf16* a,
+                   const Bf16* packed, int64_t j, Bf16* y, float* block, const float* bias,
+                   Act act, float lo, float hi) {
+  at::native::cpublas::brgemm(m, n, k, k, hw, n, false, reinterpret_cast<const at::BFloat16*>(a),
+                              reinterpret_cast<const at::BFloat16*>(packed + 2 * j), block, true);
+  epilogue_bf16(y + j, hw, block, n, m, n, bias, act, lo, hi);
 }
 
-// The layer on bf16 input and bank (see `bc_pointwise_forward`): the kernel rows have
-// `cin` rounded up to even columns (a zero column for an odd `cin`), the input is packed
-// in pairs of channels first.
-at::Tensor forward_bf16(const at::Tensor& x, const float* as, const at::Tensor& w,
-                        const float* bs, Act act, float lo, float hi) {
+// The layer (see `bc_pointwise_forward`) on fp32 (`T` float) or bf16 (`T` `Bf16`) input
+// and bank. For bf16 the kernel rows have `cin` rounded up to even columns (a zero column
+// for an odd `cin`) and the input is packed in pairs of channels first.
+template <typename T>
+at::Tensor forward(const at::Tensor& x, const float* as, const at::Tensor& w, const float* bs,
+                   Act act, float lo, float hi) {
+  constexpr bool kPairs = std::is_same_v<T, Bf16>;
   const int64_t batch = x.size(0), cin = x.size(1), hw = x.size(2) * x.size(3);
   const int64_t num_bases = w.size(0), cout = w.size(1);
-  const int64_t pairs = (cin + 1) / 2, kp = 2 * pairs;
+  const int64_t kp = kPairs ? (cin + 1) / 2 * 2 : cin;
   at::Tensor y = at::empty({batch, cout, x.size(2), x.size(3)}, x.options());
-  at::Tensor packed = at::empty({batch, pairs, hw, 2}, x.options());
-  const auto* xs = static_cast<const Bf16*>(x.data_ptr());
-  const auto* ws = static_cast<const Bf16*>(w.data_ptr());
-  auto* ps = static_cast<Bf16*>(packed.data_ptr());
-  auto* ys = static_cast<Bf16*>(y.data_ptr());
-  at::parallel_for(0, batch * pairs, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t q = begin; q < end; q++) {
-      const int64_t b = q / pairs, pair = q % pairs;
-      pack_pair(reinterpret_cast<uint32_t*>(ps) + q * hw, xs + b * cin * hw, cin, hw, pair);
-    }
-  });
-  const Tiling t = tiling(batch, cin, cout, hw, num_bases, sizeof(Bf16));
+  const auto* xs = static_cast<const T*>(x.data_ptr());
+  const auto* ws = static_cast<const T*>(w.data_ptr());
+  auto* ys = static_cast<T*>(y.data_ptr());
+  // The GEMMs' input: fp32 reads `x`, bf16 its pairs-packed copy.
+  at::Tensor packed = kPairs ? at::empty({batch, kp / 2, hw, 2}, x.options()) : x;
+  const auto* ps = static_cast<const T*>(packed.data_ptr());
+  if constexpr (kPairs) {
+    auto* out = static_cast<uint32_t*>(packed.data_ptr());
+    at::parallel_for(0, batch * kp / 2, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = begin; q < end; q++) {
+        pack_pair(out + q * hw, xs + q / (kp / 2) * cin * hw, cin, hw, q % (kp / 2));
+      }
+    });
+  }
+  const Tiling t = tiling(batch, cin, cout, hw, num_bases, sizeof(T));
   at::parallel_for(0, t.blocks * t.runs * t.splits, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Bf16> kernel(static_cast<size_t>(kGroup * t.rows * kp), 0);
+    std::vector<T> kernel(static_cast<size_t>(kGroup * t.rows * kp), T{});
     std::vector<float> coef(static_cast<size_t>(kGroup * num_bases));
-    std::vector<float> block(static_cast<size_t>(t.rows * kColumns));
+    std::vector<float> block(kPairs ? static_cast<size_t>(t.rows * kColumns) : 0);
     for (int64_t task = begin; task < end; task++) {
       const int64_t split = task % t.splits, run = task / t.splits % t.runs;
       const int64_t r0 = task / t.splits / t.runs * t.rows;
@@ -348,21 +328,16 @@ at::Tensor forward_bf16(const at::Tensor& x, const float* as, const at::Tensor& 
         }
         for (int64_t s = 0; s < count; s++) {
           const int64_t b = g + s;
-          const Bf16* pb = ps + b * kp * hw;
-          Bf16* yb = ys + (b * cout + r0) * hw;
           const float* bb = bs == nullptr ? nullptr : bs + b * cout + r0;
           for (int64_t j = split * t.per_split; j < j_end; j += kColumns) {
-            const int64_t n = std::min(kColumns, j_end - j);
-            at::native::cpublas::brgemm(
-                m, n, kp, kp, hw, n, false,
-                reinterpret_cast<const at::BFloat16*>(kernel.data() + s * t.rows * kp),
-                reinterpret_cast<const at::BFloat16*>(pb + 2 * j), block.data(), true);
-            epilogue_bf16(yb + j, hw, block.data(), n, m, n, bb, act, lo, hi);
+            block_product(m, std::min(kColumns, j_end - j), kp, hw,
+                          kernel.data() + s * t.rows * kp, ps + b * kp * hw, j,
+                          ys + (b * cout + r0) * hw, block.data(), bb, act, lo, hi);
           }
         }
       }
     }
-    at::native::cpublas::brgemm_release(true);
+    at::native::cpublas::brgemm_release(kPairs);
   });
   return y;
 }
@@ -416,8 +391,8 @@ char* bc_pointwise_forward(at::Tensor* input, at::Tensor* alpha, at::Tensor* ban
     const float* as = a.data_ptr<float>();
     const float* bs = bf.defined() ? bf.data_ptr<float>() : nullptr;
     const auto lo = static_cast<float>(lower), hi = static_cast<float>(upper);
-    at::Tensor y = type == at::kFloat ? forward_f32(x, as, w, bs, act, lo, hi)
-                                      : forward_bf16(x, as, w, bs, act, lo, hi);
+    at::Tensor y = type == at::kFloat ? forward<float>(x, as, w, bs, act, lo, hi)
+                                      : forward<Bf16>(x, as, w, bs, act, lo, hi);
     *out = new at::Tensor(std::move(y));
     return nullptr;
   });
