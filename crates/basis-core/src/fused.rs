@@ -147,8 +147,9 @@ pub fn available() -> bool {
 /// kernels of [`crate::Strategy`], which read contiguous NCHW activations) run for
 /// coefficients or activations like `t` on this thread: the fused path on
 /// ([`set_enabled`]), fp32 on the CPU (or bf16 where libtorch's bf16 batch-reduce GEMM
-/// runs oneDNN's micro-kernel: AVX-512), no CPU autocast, no gradient needed. A model's
-/// `Layout::Auto` keeps a batch of one contiguous where they do.
+/// runs oneDNN's micro-kernel, AVX-512; the bf16 1x1 kernel then takes batches of up to
+/// 8), no CPU autocast, no gradient needed. A model's `Layout::Auto` keeps a batch of one
+/// contiguous where they do.
 ///
 /// ```
 /// use tch::{Device, Kind, Tensor};
