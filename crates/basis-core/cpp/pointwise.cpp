@@ -259,7 +259,7 @@ Tiling tiling(int64_t batch, int64_t cin, int64_t cout, int64_t hw, int64_t num_
   return t;
 }
 
-// The products of one sample's block: `m` kernel rows (`ld_a` apart) by `n` columns of its
+// The products of one sample's block: `m` kernel rows (`k` apart) by `n` columns of its
 // input from column `j` (fp32: the input itself, `[cin, hw]`; bf16: the input packed in
 // pairs of channels, `[cin / 2, hw, 2]`), with the bias and the activation, into `y`'s
 // rows (`hw` apart) from column `j`. fp32 accumulates in `y` itself, bf16 in `block`.
