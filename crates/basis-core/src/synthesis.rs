@@ -77,6 +77,14 @@ pub(crate) fn grouped_conv(
             return Ok(y);
         }
     }
+    if crate::depthwise::trains(input, coefficients, bank, g) {
+        let weights = synthesize(coefficients, bank)?;
+        let mut y = crate::depthwise::train(input, &weights, g)?;
+        if let Some(bias) = bias {
+            y = y.f_add(&bias.f_reshape([-1, g.out_channels, 1, 1])?)?;
+        }
+        return act.apply_timed(y);
+    }
     let (b, c, h, w) = input.size4()?;
     let [out, in_per_group, kh, kw] = g.weight_shape();
     let weights = synthesize(coefficients, bank)?.f_reshape([b * out, in_per_group, kh, kw])?;
