@@ -227,8 +227,15 @@ impl BasisConv2d {
         crate::timing::span(
             || static_work(g, input),
             || {
+                let (_, _, h, w) = input.size4()?;
+                // A plane smaller than the kernel's reach runs the taps that read it.
+                let cropped = layer::crop_kernel(self.bank.weight(), g, h, w)?;
+                let (weight, g) = match &cropped {
+                    Some((weight, cropped)) => (weight, cropped),
+                    None => (self.bank.weight(), g),
+                };
                 Ok(input.f_conv2d(
-                    self.bank.weight(),
+                    weight,
                     self.bank.bias(),
                     g.stride,
                     g.padding,

@@ -19,6 +19,11 @@
 //! 1.2x at stride 2 on 112 columns, 1.1-1.4x on the 56-column stride-2 and the 28-column
 //! layers, 1.0x on the 28-column stride-2 layer, and 0.3-0.9x on planes of 14 and 7
 //! columns (left to oneDNN). In the network, batch 32: 1.06x (3 alternating rounds).
+//!
+//! In training, [`train`] runs a depthwise layer as one autograd node whose kernel
+//! gradient is computed here (`cpp/depthwise_grad.cpp`, the same padded planes): libtorch
+//! computes it through im2col and a GEMM per group, 4-12x slower on 5x5 kernels and on
+//! outputs narrower than the kernel ([`MIN_TRAIN_KERNEL`], [`trains`]).
 
 use crate::activation::Activation;
 use crate::error::Result;
@@ -100,15 +105,19 @@ fn kernel_fits(g: &Conv2dGeometry) -> bool {
         && g.dilation == [1, 1]
 }
 
-/// The smallest kernel whose weight gradient the training kernel computes: libtorch's
-/// (oneDNN's) 3x3 weight gradient ran as fast (0.6-1.1x ours), its 5x5 one 4-12x slower.
+/// The smallest kernel whose weight gradient the training kernel always computes:
+/// libtorch's (oneDNN's) 5x5 weight gradient ran 4-12x slower than this kernel's on
+/// every plane measured (7 to 56 columns), its 3x3 one as fast or faster (0.1-1.1x ours)
+/// wherever the output is at least three columns wide, and 13-28x slower on outputs of one
+/// or two columns (128 images of 576 channels: 18-22 against 0.8-1.4 ms). So a smaller
+/// kernel takes the training kernel where the output is narrower than the kernel.
 pub const MIN_TRAIN_KERNEL: i64 = 5;
 
 /// Whether the training kernel ([`train`]) runs a depthwise layer of geometry `g` on
 /// `input`, with kernels synthesized from `bank` with `coefficients`: autograd records
-/// (some operand needs a gradient), fp32 on the CPU, a contiguous NCHW input, a kernel of
-/// at least [`MIN_TRAIN_KERNEL`] that [`applies`]' geometry takes, no CPU autocast, fused
-/// kernels on ([`crate::fused::set_enabled`]).
+/// (some operand needs a gradient), fp32 on the CPU, a contiguous NCHW input, a kernel
+/// that [`applies`]' geometry takes, of at least [`MIN_TRAIN_KERNEL`] or wider than the
+/// output, no CPU autocast, fused kernels on ([`crate::fused::set_enabled`]).
 pub(crate) fn trains(
     input: &Tensor,
     coefficients: &Tensor,
@@ -123,7 +132,7 @@ pub(crate) fn trains(
         && grad
         && !cpu_autocast()
         && kernel_fits(g)
-        && g.kernel_size[0] >= MIN_TRAIN_KERNEL
+        && (g.kernel_size[0] >= MIN_TRAIN_KERNEL || narrow_output(input, g))
         && input.device() == Device::Cpu
         && bank.device() == Device::Cpu
         && input.kind() == Kind::Float
@@ -131,6 +140,15 @@ pub(crate) fn trains(
         && input.dim() == 4
         && input.is_contiguous()
         && !is_channels_last(input)
+}
+
+/// An output (of `g` on `input`) narrower or shorter than the kernel.
+fn narrow_output(input: &Tensor, g: &Conv2dGeometry) -> bool {
+    let &[_, _, h, w] = input.size().as_slice() else {
+        return false;
+    };
+    g.output_hw(h, w)
+        .is_ok_and(|(oh, ow)| oh.min(ow) < g.kernel_size[0])
 }
 
 /// The depthwise convolution of `input` `[B, C, H, W]` with `weight` `[B, C, 1, k, k]`
@@ -395,9 +413,27 @@ mod tests {
         let g = depthwise(8, 5, 1, 2);
         let x = Tensor::randn([2, 8, 14, 14], cpu);
         assert!(trains(&x, &coefficients, &bank, &g));
-        // 3x3 kernels keep libtorch's weight gradient, as fast as this one there.
+        // 3x3 kernels keep libtorch's weight gradient, as fast as this one there, unless
+        // the output is narrower than the kernel.
         let bank3 = Tensor::randn([4, 8, 1, 3, 3], cpu);
         assert!(!trains(&x, &coefficients, &bank3, &depthwise(8, 3, 1, 1)));
+        let (three, two) = (
+            Tensor::randn([2, 8, 3, 3], cpu),
+            Tensor::randn([2, 8, 2, 2], cpu),
+        );
+        assert!(!trains(
+            &three,
+            &coefficients,
+            &bank3,
+            &depthwise(8, 3, 1, 1)
+        ));
+        assert!(trains(&two, &coefficients, &bank3, &depthwise(8, 3, 1, 1)));
+        assert!(trains(
+            &three,
+            &coefficients,
+            &bank3,
+            &depthwise(8, 3, 2, 1)
+        ));
         // Nothing needs a gradient, or autograd is off: the inference paths.
         let fixed = coefficients.detach();
         assert!(!trains(&x, &fixed, &bank, &g));

@@ -148,6 +148,42 @@ impl Conv2dGeometry {
         }
     }
 
+    /// On an `h x w` input smaller than the kernel's reach, the taps that read the input
+    /// (the others only ever meet zero padding): the first tap kept on each axis and the
+    /// geometry of the cropped kernel, whose padding shrinks by as many taps. It computes the
+    /// same outputs as this geometry, with fewer multiply-adds: a 5x5 depthwise kernel on
+    /// a 1x1 plane is its centre tap, on a 2x2 plane its 3x3 centre. `None` when every tap
+    /// reads the input, with dilation, or when the input is too small for the kernel.
+    pub(crate) fn cropped(&self, h: i64, w: i64) -> Option<([i64; 2], Conv2dGeometry)> {
+        if self.dilation != [1, 1] {
+            return None;
+        }
+        let (oh, ow) = self.output_hw(h, w).ok()?;
+        // Tap `t` reads input `s * o + t - p` for outputs `o` in `0..out`: some of them lie
+        // in `0..n` for `t` in `p - s * (out - 1) ..= n - 1 + p`.
+        let taps = |n: i64, out: i64, axis: usize| {
+            let (k, p, s) = (
+                self.kernel_size[axis],
+                self.padding[axis],
+                self.stride[axis],
+            );
+            let first = (p - s * (out - 1)).max(0);
+            let last = (n - 1 + p).min(k - 1);
+            (first, last - first + 1)
+        };
+        let ((fy, ky), (fx, kx)) = (taps(h, oh, 0), taps(w, ow, 1));
+        if [ky, kx] == self.kernel_size || ky < 1 || kx < 1 {
+            return None;
+        }
+        let g = Conv2dGeometry {
+            kernel_size: [ky, kx],
+            padding: [self.padding[0] - fy, self.padding[1] - fx],
+            ..*self
+        };
+        // Symmetric padding: the cropped kernel must give exactly the same outputs.
+        (g.output_hw(h, w).ok()? == (oh, ow)).then_some(([fy, fx], g))
+    }
+
     /// Output height and width for an `h x w` input, or an error when the input is smaller
     /// than the (dilated) kernel after padding.
     pub fn output_hw(&self, h: i64, w: i64) -> Result<(i64, i64)> {
@@ -165,6 +201,51 @@ impl Conv2dGeometry {
                 ),
                 found: format!("{h}x{w}"),
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cropped_keeps_the_taps_that_read_the_input() {
+        let dw5 = Conv2dGeometry::new(8, 8, 5).padding(2).groups(8);
+        // A 1x1 plane: the centre tap alone.
+        let (first, g) = dw5.cropped(1, 1).unwrap();
+        assert_eq!((first, g.kernel_size, g.padding), ([2, 2], [1, 1], [0, 0]));
+        // 2x2: the 3x3 centre, padding 1.
+        let (first, g) = dw5.cropped(2, 2).unwrap();
+        assert_eq!((first, g.kernel_size, g.padding), ([1, 1], [3, 3], [1, 1]));
+        // Stride 2 on 2x2 (one output): rows and columns 2..=3.
+        let (first, g) = dw5.stride(2).cropped(2, 2).unwrap();
+        assert_eq!((first, g.kernel_size, g.padding), ([2, 2], [2, 2], [0, 0]));
+        assert_eq!(g.output_hw(2, 2).unwrap(), (1, 1));
+        // Each axis on its own: 1 row, 4 columns.
+        let (first, g) = dw5.cropped(1, 4).unwrap();
+        assert_eq!((first, g.kernel_size, g.padding), ([2, 0], [1, 5], [0, 2]));
+        // Every tap reads a 4x4 plane (and MobileNetV3's 7x7 ones), or dilation: no crop.
+        assert!(dw5.cropped(4, 4).is_none());
+        assert!(dw5.cropped(7, 7).is_none());
+        assert!(dw5.dilation(2).cropped(1, 1).is_none());
+        assert!(
+            Conv2dGeometry::new(3, 4, 3).cropped(2, 2).is_none(),
+            "too small: an error elsewhere"
+        );
+        // Every cropped geometry gives the same output size.
+        for k in [3, 5, 7] {
+            for s in [1, 2] {
+                for p in 0..k {
+                    for n in 1..=9 {
+                        let g = Conv2dGeometry::new(4, 4, k).stride(s).padding(p).groups(4);
+                        if let Some((_, c)) = g.cropped(n, n) {
+                            assert_eq!(c.output_hw(n, n).unwrap(), g.output_hw(n, n).unwrap());
+                            assert!(c.padding[0] >= 0 && c.kernel_size[0] <= k);
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -281,3 +281,115 @@ fn cost_counts_madds_params_and_synthesis() {
     let dw = Conv2dGeometry::new(8, 8, 5).groups(8);
     assert!(LayerCost::conv2d(&dw, (4, 4), 1, false).is_err());
 }
+
+#[test]
+fn kernels_on_planes_smaller_than_their_reach_equal_the_full_convolution() {
+    // A 5x5 or 3x3 kernel on 1x1 to 3x3 planes runs only the taps that read the plane;
+    // output and gradients equal libtorch's convolution with the whole kernel.
+    let cpu = (Kind::Float, Device::Cpu);
+    for (k, stride, n, groups) in [
+        (5, 1, 1, 6),
+        (5, 1, 2, 6),
+        (5, 2, 2, 6),
+        (3, 2, 2, 6),
+        (3, 1, 1, 1),
+        (5, 1, 3, 3),
+    ] {
+        let g = Conv2dGeometry::new(6, 6, k)
+            .stride(stride)
+            .padding(k / 2)
+            .groups(groups);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = BasisConv2d::new(&vs.root(), g, 1, true).unwrap();
+        let x = Tensor::randn([4, 6, n, n], cpu).set_requires_grad(true);
+        let y = conv.forward_static(&x).unwrap();
+        let weight = conv.bank().weight();
+        let want = x.conv2d(
+            weight,
+            conv.bank().bias(),
+            g.stride,
+            g.padding,
+            g.dilation,
+            groups,
+        );
+        assert!(
+            y.allclose(&want, 1e-5, 1e-6, false),
+            "{k}x{k}/{stride} on {n}x{n}"
+        );
+        let upstream = Tensor::randn_like(&y);
+        let grads = |y: &Tensor| {
+            let g = Tensor::run_backward(
+                &[(y * &upstream).sum(Kind::Float)],
+                &[&x, weight],
+                false,
+                false,
+            );
+            (g[0].shallow_clone(), g[1].shallow_clone())
+        };
+        let ((gx, gw), (gx_ref, gw_ref)) = (grads(&y), grads(&want));
+        assert!(
+            gx.allclose(&gx_ref, 1e-5, 1e-6, false),
+            "input gradient, {k}x{k}/{stride} on {n}x{n}"
+        );
+        assert!(
+            gw.allclose(&gw_ref, 1e-5, 1e-6, false),
+            "kernel gradient, {k}x{k}/{stride} on {n}x{n}"
+        );
+    }
+}
+
+#[test]
+fn basis_layers_on_planes_smaller_than_their_reach_equal_the_full_convolution() {
+    // Each sample's synthesized kernel, cropped on 1x1 and 2x2 planes, in every strategy
+    // that convolves: outputs and the bank's gradient equal the whole kernels' convolution.
+    let cpu = (Kind::Float, Device::Cpu);
+    for (k, stride, n) in [(5, 1, 1), (5, 1, 2), (5, 2, 2), (3, 1, 2)] {
+        let g = Conv2dGeometry::new(4, 4, k)
+            .stride(stride)
+            .padding(k / 2)
+            .groups(4);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let conv = BasisConv2d::new(&vs.root(), g, 3, false).unwrap();
+        let x = Tensor::randn([2, 4, n, n], cpu);
+        let alpha = Tensor::rand([2, 3], cpu);
+        let bank = conv.bank().weight_bank();
+        let upstream = Tensor::randn(
+            [
+                2,
+                4,
+                g.output_hw(n, n).unwrap().0,
+                g.output_hw(n, n).unwrap().1,
+            ],
+            cpu,
+        );
+        let want: Vec<Tensor> = (0..2)
+            .map(|b| {
+                let w = (alpha.get(b).view([3, 1, 1, 1, 1]) * &bank).sum_dim_intlist(
+                    0,
+                    false,
+                    Kind::Float,
+                );
+                x.narrow(0, b, 1)
+                    .conv2d(&w, None::<&Tensor>, g.stride, g.padding, g.dilation, 4)
+            })
+            .collect();
+        let want = Tensor::cat(&want, 0);
+        let want_grad = Tensor::run_backward(
+            &[(&want * &upstream).sum(Kind::Float)],
+            &[&bank],
+            false,
+            false,
+        );
+        for strategy in [Strategy::PerSample, Strategy::GroupedConv] {
+            let y = conv.forward_with(&x, &alpha, strategy).unwrap();
+            let what = format!("{k}x{k}/{stride} on {n}x{n}, {strategy}");
+            assert!(y.allclose(&want, 1e-5, 1e-6, false), "{what}");
+            let grad =
+                Tensor::run_backward(&[(&y * &upstream).sum(Kind::Float)], &[&bank], false, false);
+            assert!(
+                grad[0].allclose(&want_grad[0], 1e-5, 1e-6, false),
+                "bank gradient, {what}"
+            );
+        }
+    }
+}
