@@ -99,7 +99,18 @@ pub(crate) fn apply(
     geometry.output_hw(h, w)?;
     let num_bases = bank.size()[0];
     let strategy = match strategy {
-        Strategy::Auto => Strategy::resolve(geometry, batch, (h, w), coefficients.shared),
+        Strategy::Auto => {
+            let resolved = Strategy::resolve(geometry, batch, (h, w), coefficients.shared);
+            let records = crate::fused::grad_enabled()
+                && [input, &coefficients.tensor, bank]
+                    .into_iter()
+                    .any(Tensor::requires_grad);
+            if records {
+                resolved.in_training(geometry, (h, w), num_bases)
+            } else {
+                resolved
+            }
+        }
         concrete => concrete,
     };
     if !strategy.supports(geometry) {
