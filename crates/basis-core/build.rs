@@ -1,7 +1,8 @@
 //! Link libtorch, and compile the shims: oneDNN's fused convolution (cpp/fused.cpp) and the
 //! per-sample 1x1 kernel (cpp/pointwise.cpp), the dense kernel (cpp/dense.cpp), the
-//! depthwise kernel (cpp/depthwise.cpp) and its training form (cpp/depthwise_grad.cpp), with
-//! what they share (cpp/shim.h, cpp/act.h, cpp/vec.h, cpp/plane.h).
+//! depthwise kernel (cpp/depthwise.cpp) and its training form (cpp/depthwise_grad.cpp),
+//! batch norm in training (cpp/batch_norm.cpp), with what they share (cpp/shim.h, cpp/act.h,
+//! cpp/vec.h, cpp/plane.h).
 
 fn main() {
     basis_link::libtorch();
@@ -11,6 +12,7 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/depthwise.cpp");
     println!("cargo:rerun-if-changed=cpp/depthwise_grad.cpp");
     println!("cargo:rerun-if-changed=cpp/plane.h");
+    println!("cargo:rerun-if-changed=cpp/batch_norm.cpp");
     println!("cargo:rerun-if-changed=cpp/act.h");
     println!("cargo:rerun-if-changed=cpp/shim.h");
     println!("cargo:rerun-if-changed=cpp/vec.h");
@@ -30,5 +32,6 @@ fn main() {
         .file("cpp/dense.cpp")
         .file("cpp/depthwise.cpp")
         .file("cpp/depthwise_grad.cpp")
+        .file("cpp/batch_norm.cpp")
         .compile("basis_core_fused");
 }

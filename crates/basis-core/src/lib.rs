@@ -14,6 +14,7 @@
 //!   `Auto` picks per layer shape from measurements.
 //! - [`softmax_with_temperature`] and [`BasisDropout`]: coefficient helpers.
 //! - [`LayerCost`]: parameters, multiply-adds and synthesis multiply-adds.
+//! - [`batch_norm_train`]: training-mode batch norm on NCHW planes, faster than libtorch's.
 //!
 //! Every fallible call returns [`BasisError`]; no libtorch error aborts the caller.
 //!
@@ -37,6 +38,7 @@
 mod activation;
 pub mod allocator;
 mod bank;
+mod batch_norm;
 mod coefficients;
 mod conv;
 mod cost;
@@ -55,6 +57,7 @@ pub mod timing;
 
 pub use activation::Activation;
 pub use bank::KernelBank;
+pub use batch_norm::batch_norm_train;
 pub use coefficients::{softmax_with_temperature, BasisDropout};
 pub use conv::BasisConv2d;
 pub use cost::LayerCost;

@@ -105,6 +105,18 @@ impl BatchNorm2d {
             if let Some(sum) = REPLICAS.with(|r| r.borrow().clone()) {
                 return self.forward_synchronized(x, sum.as_ref());
             }
+            // NCHW fp32 on the CPU (a per-sample specialist): basis-core's kernel.
+            if let Some(y) = basis_core::batch_norm_train(
+                x,
+                &self.weight,
+                &self.bias,
+                &self.running_mean,
+                &self.running_var,
+                self.spec.momentum,
+                self.spec.eps,
+            )? {
+                return Ok(y);
+            }
         }
         Ok(x.f_batch_norm(
             Some(&self.weight),
