@@ -44,7 +44,7 @@ extern "C" {
 /// let (w, b) = (Tensor::ones([3], (Kind::Float, tch::Device::Cpu)), Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)));
 /// let (rm, rv) = (Tensor::zeros([3], (Kind::Float, tch::Device::Cpu)), Tensor::ones([3], (Kind::Float, tch::Device::Cpu)));
 /// let y = basis_core::batch_norm_train(&x, &w, &b, &rm, &rv, 0.1, 1e-5)?.expect("NCHW fp32");
-/// let want = x.batch_norm(Some(&w), Some(&b), None::<Tensor>, None::<Tensor>, true, 0.1, 1e-5, false);
+/// let want = x.batch_norm(Some(&w), Some(&b), None::<&Tensor>, None::<&Tensor>, true, 0.1, 1e-5, false);
 /// assert!(y.allclose(&want, 1e-4, 1e-5, false));
 /// # Ok::<(), basis_core::BasisError>(())
 /// ```

@@ -43,6 +43,7 @@ mod coefficients;
 mod conv;
 mod cost;
 mod depthwise;
+mod depthwise_grad;
 mod error;
 pub mod frozen;
 pub mod fused;

@@ -77,9 +77,9 @@ pub(crate) fn grouped_conv(
             return Ok(y);
         }
     }
-    if crate::depthwise::trains(input, coefficients, bank, g) {
+    if crate::depthwise_grad::trains(input, coefficients, bank, g) {
         let weights = synthesize(coefficients, bank)?;
-        let mut y = crate::depthwise::train(input, &weights, g)?;
+        let mut y = crate::depthwise_grad::train(input, &weights, g)?;
         if let Some(bias) = bias {
             y = y.f_add(&bias.f_reshape([-1, g.out_channels, 1, 1])?)?;
         }
